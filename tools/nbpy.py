@@ -3,11 +3,12 @@
     python tools/nbpy.py to-py nbs/01_vision_core.ipynb   # writes nbs/01_vision_core.pct.py
     python tools/nbpy.py to-nb nbs/01_vision_core.pct.py  # writes nbs/01_vision_core.ipynb
 
+Cell ids are derived from the cell's content, so exports are reproducible.
 Cells are separated by lines `# %%` (code) or `# %% [markdown]` (markdown; every line of the
 markdown cell is prefixed with `# `). The notebook stays the source of truth: the .pct.py files are
 scratch copies (git-ignored) to edit and convert back.
 """
-import json, sys
+import hashlib, json, sys
 from pathlib import Path
 
 def nb_to_pct(nb_path):
@@ -22,7 +23,7 @@ def nb_to_pct(nb_path):
     return '\n\n'.join(out) + '\n'
 
 def pct_to_nb(text):
-    cells, cur, kind = [], None, None
+    cells, cur, kind, ids = [], None, None, set()
     def flush():
         if cur is None: return
         lines = cur[:]
@@ -32,7 +33,10 @@ def pct_to_nb(text):
         src = '\n'.join(lines)
         src_list = [l + '\n' for l in src.split('\n')]
         if src_list: src_list[-1] = src_list[-1][:-1]
-        cell = {'cell_type': kind, 'metadata': {}, 'source': src_list}
+        cid = hashlib.sha1(f'{kind}:{src}'.encode()).hexdigest()[:8]
+        while cid in ids: cid = hashlib.sha1(cid.encode()).hexdigest()[:8]
+        ids.add(cid)
+        cell = {'cell_type': kind, 'id': cid, 'metadata': {}, 'source': src_list}
         if kind == 'code': cell.update(execution_count=None, outputs=[])
         cells.append(cell)
     for line in text.split('\n'):
