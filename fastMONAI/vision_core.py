@@ -158,7 +158,7 @@ def _check_geometry(res, args, kwargs):
     src = next((a for a in args if isinstance(a, MedBase)), None) if args else None
     if src is None or _spatial(src) != _spatial(res): d.pop('affine', None)
 
-# %% ../nbs/02_vision_core.ipynb #0c417689
+# %% ../nbs/02_vision_core.ipynb #5967327f
 class MedReadError(ValueError):
     "A medical image that cannot be used, with the file named in the message."
     pass
@@ -277,9 +277,13 @@ def med_img_reader(file_path, # a file, a DICOM series folder, or a list of file
     source_shape, source_affine = tuple(img.spatial_shape), np.asarray(img.affine, dtype=float)
     out, reordered_shape = preprocess_tio(img, reorder, resample)
     source = SourceGeometry(path, source_shape, source_affine, reordered_shape)
-    res = to_med(out, dtype, source)
+    res = _float32(to_med(out, dtype, source))
     if only_tensor: return res
-    return to_med(img, dtype, source), res, reordered_shape
+    return _float32(to_med(img, dtype, source)), res, reordered_shape
+
+def _float32(x):
+    "Volumes enter training as float32 (intensities and labels alike): losses and metrics expect floats."
+    return x if x.dtype == torch.float32 else x.float()
 
 # %% ../nbs/02_vision_core.ipynb #eb7edba9
 def _mask_dtype(arr):
