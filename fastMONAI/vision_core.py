@@ -62,7 +62,7 @@ class SourceGeometry:
         return (isinstance(other, SourceGeometry) and self.path == other.path and self.shape == other.shape
                 and self.reordered_shape == other.reordered_shape and np.allclose(self.affine, other.affine))
 
-# %% ../nbs/02_vision_core.ipynb #10b8ccf5
+# %% ../nbs/02_vision_core.ipynb #6db0ff3f
 _GEOMETRY_KEYS = ('affine', 'source')
 
 def _spatial(t): return tuple(t.shape[-3:]) if t.ndim >= 3 else None
@@ -138,7 +138,7 @@ class MedImage(MedBase):
 
 class MedMask(MedBase):
     "A label volume: resampled with nearest neighbour, saved as integers, drawn as a transparent overlay."
-    _show_args = dict(alpha=0.5, cmap='tab20', vmin=0, vmax=20)
+    _show_args = dict(alpha=0.5, cmap='tab20', vmin=0, vmax=20, transparent_zero=True)
 
 def _item_geometry(t): return {k: t.__dict__.get(k) for k in _GEOMETRY_KEYS if k in t.__dict__}
 
