@@ -54,5 +54,5 @@ if __name__ == '__main__':
         path.with_suffix('.pct.py').write_text(nb_to_pct(path))
     elif cmd == 'to-nb':
         name = path.name[:-len('.pct.py')] if path.name.endswith('.pct.py') else path.stem
-        (path.parent / f'{name}.ipynb').write_text(json.dumps(pct_to_nb(path.read_text()), indent=1, ensure_ascii=False) + '\n')
+        (path.parent / f'{name}.ipynb').write_text(json.dumps(pct_to_nb(path.read_text()), indent=1, ensure_ascii=False, sort_keys=True) + '\n')
     else: raise SystemExit(__doc__)
