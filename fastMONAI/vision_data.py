@@ -22,21 +22,24 @@ from .vision_augmentation import MedTransform
 __all__ = ['MedReader', 'MedMaskBlock', 'split_item_tfms', 'MedDataBlock', 'MedImageDataLoaders', 'show_batch', 'show_results',
            'plot_top_losses', 'pred_to_binary_mask', 'pred_to_multiclass_mask', 'batch_pred_to_multiclass_mask']
 
-# %% ../nbs/07_vision_data.ipynb #7acb9237
+# %% ../nbs/07_vision_data.ipynb #13497d0e
 class MedReader(DisplayedTransform):
     "Read a medical volume as `dtype`, reorder/resample it, then apply per-file deterministic `tfms`."
     def __init__(self, dtype=MedImage, # MedImage or MedMask
                  reorder: bool=False, # reorder to RAS+
                  resample=None, # target voxel spacing (mm)
                  tfms=None, # deterministic per-file item transforms applied after reading
-                 cache=None): # optional cache with `get(path, reader)` / `put(path, reader, value)`
+                 cache=None): # optional cache with `load(o, reader)` (see `vision_cache`)
         store_attr('dtype,reorder,resample,cache')
         self.tfms = list(tfms or [])
 
     def read(self, o):
-        "Read and preprocess `o` without the cache."
-        x = med_img_reader(o, reorder=self.reorder, resample=self.resample, dtype=self.dtype)
-        for t in self.tfms: x = t(x)
+        "Read and preprocess `o` without the cache, leaving torch's random state as it was."
+        state = torch.get_rng_state()   # TorchIO draws a number even for deterministic transforms: a cached
+        try:                            # read (which skips them) must not change the augmentations that follow
+            x = med_img_reader(o, reorder=self.reorder, resample=self.resample, dtype=self.dtype)
+            for t in self.tfms: x = t(x)
+        finally: torch.set_rng_state(state)
         return x
 
     def encodes(self, o):
@@ -55,7 +58,7 @@ class MedReader(DisplayedTransform):
 
 def _is_reader_fn(f, cls): return getattr(f, '__func__', None) is MedBase.create.__func__ and getattr(f, '__self__', None) is cls
 
-# %% ../nbs/07_vision_data.ipynb #aae9f15c
+# %% ../nbs/07_vision_data.ipynb #bd389acc
 def MedMaskBlock():
     "A `TransformBlock` for label volumes read as `MedMask`."
     return TransformBlock(type_tfms=MedMask.create)
@@ -73,12 +76,14 @@ class MedDataBlock(DataBlock):
                  item_tfms:list=None, batch_tfms:list=None,
                  reorder: bool=False, # reorder every volume to RAS+ (also `apply_reorder=`)
                  resample=None, # voxel spacing in mm, one number or three (also `target_spacing=`)
-                 cache=None, # a `vision_cache` cache object, or None
+                 cache=True, # True: the default `VolumeCache`; False: off; a folder; or a `VolumeCache`
                  **kwargs):
         aliases = {k: kwargs.pop(k) for k in ('apply_reorder', 'target_spacing') if k in kwargs}
         self.reorder, self.resample = _resolve_aliases(reorder, resample, aliases)
         prefix, rest = split_item_tfms(item_tfms)
         self.prefix_tfms = prefix
+        from fastMONAI.vision_cache import get_cache   # (vision_cache comes later in the dependency order)
+        cache = get_cache(cache)
         super().__init__(blocks=blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=rest,
                          batch_tfms=batch_tfms, **kwargs)
         self.readers = []
