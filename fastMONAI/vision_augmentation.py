@@ -61,7 +61,7 @@ class MedRandTransform(MedTransform):
     split_idx = 0
     deterministic = False
 
-# %% ../nbs/04_vision_augmentation.ipynb #38887028
+# %% ../nbs/04_vision_augmentation.ipynb #e0ed6e76
 class _ChannelWise(tio.IntensityTransform):
     "Run an intensity transform on each channel of each image separately."
     def __init__(self, transform, **kwargs):
@@ -117,6 +117,7 @@ class PadOrCrop(MedTransform):
 
 class _MapLabels:
     def __init__(self, mapping=None, binary=False): self.mapping, self.binary = mapping, binary
+    def __repr__(self): return 'binary' if self.binary else f'map{self.mapping}'
     def __call__(self, x):
         if self.binary: return (x > 0).to(x.dtype)
         y = x.clone()
@@ -190,9 +191,10 @@ class RandomSpike(MedRandTransform):
 
 _label_keys = ['mask'] + [f'mask_{i}' for i in range(1, 8)]
 
-# %% ../nbs/04_vision_augmentation.ipynb #524ffbee
+# %% ../nbs/04_vision_augmentation.ipynb #791514c8
 class _Scale:
     def __init__(self, scale_range): self.scale_range = scale_range
+    def __repr__(self): return f'scale{tuple(self.scale_range)}'
     def __call__(self, x): return x * float(np.random.uniform(*self.scale_range))
 
 class RandomIntensityScale(MedRandTransform):

@@ -102,7 +102,7 @@ class MemoryLRU:
         with self.lock: self.data.clear(); self.nbytes = 0
     def __len__(self): return len(self.data)
 
-# %% ../nbs/10_vision_cache.ipynb #127ab54e
+# %% ../nbs/10_vision_cache.ipynb #8c9f027d
 def default_cache_dir() -> Path:
     "`FASTMONAI_CACHE_DIR` if set, else `~/.cache/fastMONAI`."
     return Path(os.environ.get('FASTMONAI_CACHE_DIR') or Path.home() / '.cache' / 'fastMONAI').expanduser()
@@ -137,6 +137,11 @@ class VolumeCache:
         self.hits_memory = self.hits_disk = self.misses = self.uncached = 0
         self._disk_full, self._writer, self._writer_pid, self._pending = False, None, None, []
 
+    def __reduce__(self):
+        # the default cache travels as "the default cache of wherever it is unpickled": an exported learner
+        # loaded on another machine uses that machine's cache folder, not a path from the exporting one
+        if getattr(self, 'is_default', False): return (default_cache, ())
+        return super().__reduce__()
     def __getstate__(self): return {k: self.__dict__[k] for k in ('folder', 'memory_bytes', 'min_free_bytes', 'disk', 'background_writes')}
     def __setstate__(self, state): self.__dict__.update(state); self._init_runtime()
     def __repr__(self): return f"VolumeCache(folder={str(self.folder)!r}, disk={self.disk}, memory_bytes={self.memory_bytes})"
@@ -249,7 +254,9 @@ DEFAULT_MAX_DISK_BYTES = 20 * 2**30 # the default cache is pruned to this size o
 def default_cache() -> VolumeCache:
     "The process's shared cache in `default_cache_dir()` (one per folder, so all readers share its RAM bound)."
     folder = default_cache_dir()
-    if folder not in _DEFAULT_CACHES: _DEFAULT_CACHES[folder] = VolumeCache(folder, max_disk_bytes=DEFAULT_MAX_DISK_BYTES)
+    if folder not in _DEFAULT_CACHES:
+        _DEFAULT_CACHES[folder] = VolumeCache(folder, max_disk_bytes=DEFAULT_MAX_DISK_BYTES)
+        _DEFAULT_CACHES[folder].is_default = True
     return _DEFAULT_CACHES[folder]
 
 def get_cache(cache=True) -> VolumeCache|None:
