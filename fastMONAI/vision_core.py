@@ -62,7 +62,7 @@ class SourceGeometry:
         return (isinstance(other, SourceGeometry) and self.path == other.path and self.shape == other.shape
                 and self.reordered_shape == other.reordered_shape and np.allclose(self.affine, other.affine))
 
-# %% ../nbs/02_vision_core.ipynb #6db0ff3f
+# %% ../nbs/02_vision_core.ipynb #73508273
 _GEOMETRY_KEYS = ('affine', 'source')
 
 def _spatial(t): return tuple(t.shape[-3:]) if t.ndim >= 3 else None
@@ -104,17 +104,18 @@ class MedBase(TensorBase):
             dim = (args[1] if len(args) > 1 else (kwargs or {}).get('dim', 0))
             if isinstance(res, MedBase) and dim == 0 and items is not None: _set_batch_geometry(res, items, func is torch.stack)
         elif isinstance(res, MedBase): _check_geometry(res, args, kwargs)
+        elif func in (torch.unbind, torch.Tensor.unbind) and isinstance(res, (tuple, list)): _unbind_geometry(res, args, kwargs)
         return res
 
     def __getitem__(self, idx):
         res = super().__getitem__(idx)
         bg = self.__dict__.get('batch_geometry')
-        if isinstance(res, MedBase) and bg is not None:
-            res.__dict__.pop('batch_geometry', None)
-            if isinstance(idx, int) or (isinstance(idx, torch.Tensor) and idx.ndim == 0):
-                res.__dict__.update(bg[int(idx)])
-            else:
-                for k in _GEOMETRY_KEYS: res.__dict__.pop(k, None)
+        if not isinstance(res, MedBase) or bg is None: return res
+        for k in _GEOMETRY_KEYS + ('batch_geometry',): res.__dict__.pop(k, None)
+        sel = _select_geometry(bg, idx[0] if isinstance(idx, tuple) and idx else idx)
+        if _spatial(res) != _spatial(self): return res
+        if isinstance(sel, dict) and res.ndim == 4: res.__dict__.update(sel)
+        elif isinstance(sel, list) and res.ndim == 5 and len(sel) == len(res): res.batch_geometry = sel
         return res
 
     def __repr__(self):
@@ -140,23 +141,47 @@ class MedMask(MedBase):
     "A label volume: resampled with nearest neighbour, saved as integers, drawn as a transparent overlay."
     _show_args = dict(alpha=0.5, cmap='tab20', vmin=0, vmax=20, transparent_zero=True)
 
+def _select_geometry(geoms, i):
+    "The geometry (dict) or geometries (list) that batch index `i` selects; None when it cannot be told."
+    if isinstance(i, (int, np.integer)) or (isinstance(i, torch.Tensor) and i.ndim == 0 and not i.dtype.is_floating_point):
+        return geoms[int(i)]
+    if isinstance(i, slice): return geoms[i]
+    if isinstance(i, torch.Tensor) and i.ndim == 1:
+        if i.dtype == torch.bool: return [g for g, keep in zip(geoms, i.tolist()) if keep]
+        return [geoms[int(j)] for j in i.tolist()]
+    if isinstance(i, (list, np.ndarray)) and all(isinstance(j, (int, np.integer)) for j in i): return [geoms[int(j)] for j in i]
+    return None
+
 def _item_geometry(t): return {k: t.__dict__.get(k) for k in _GEOMETRY_KEYS if k in t.__dict__}
 
 def _set_batch_geometry(res, items, stacked):
     for k in _GEOMETRY_KEYS + ('batch_geometry',): res.__dict__.pop(k, None)
-    if not stacked: return
-    geoms = [_item_geometry(t) if isinstance(t, MedBase) else {} for t in items]
+    if stacked: geoms = [_item_geometry(t) if isinstance(t, MedBase) else {} for t in items]
+    elif res.ndim == 5: # batches concatenated (e.g. fastai gathering predictions): concatenate their geometries
+        geoms = []
+        for t in items:
+            bg = t.__dict__.get('batch_geometry') if isinstance(t, MedBase) else None
+            geoms += bg if bg is not None and len(bg) == len(t) else [{}] * len(t)
+    else: return
     if any(geoms): res.batch_geometry = geoms
+
+def _unbind_geometry(res, args, kwargs):
+    "Iterating over a batch (`unbind(0)`) gives each item its own geometry."
+    src = args[0] if args else None
+    dim = args[1] if len(args) > 1 else (kwargs or {}).get('dim', 0)
+    bg = src.__dict__.get('batch_geometry') if isinstance(src, MedBase) else None
+    for i, r in enumerate(res):
+        if not isinstance(r, MedBase): continue
+        for k in _GEOMETRY_KEYS + ('batch_geometry',): r.__dict__.pop(k, None)
+        if bg is not None and dim == 0 and len(bg) == len(res): r.__dict__.update(bg[i])
 
 def _check_geometry(res, args, kwargs):
     "Drop the affine when the op changed the spatial shape (the old grid no longer describes the tensor)."
     d = res.__dict__
-    if 'batch_geometry' in d:
-        if res.ndim != 5: d.pop('batch_geometry')
-        return
-    if d.get('affine') is None: return
+    key = 'batch_geometry' if 'batch_geometry' in d else 'affine'
+    if d.get(key) is None: return
     src = next((a for a in args if isinstance(a, MedBase)), None) if args else None
-    if src is None or _spatial(src) != _spatial(res): d.pop('affine', None)
+    if src is None or _spatial(src) != _spatial(res) or (key == 'batch_geometry' and res.ndim != 5): d.pop(key, None)
 
 # %% ../nbs/02_vision_core.ipynb #5967327f
 class MedReadError(ValueError):

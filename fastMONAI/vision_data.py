@@ -19,8 +19,9 @@ from .vision_plot import largest_slice, show_mask_overlay
 from .vision_augmentation import MedTransform
 
 # %% auto #0
-__all__ = ['MedReader', 'MedMaskBlock', 'split_item_tfms', 'MedDataBlock', 'MedImageDataLoaders', 'show_batch', 'show_results',
-           'plot_top_losses', 'pred_to_binary_mask', 'pred_to_multiclass_mask', 'batch_pred_to_multiclass_mask']
+__all__ = ['MedReader', 'MedMaskBlock', 'split_item_tfms', 'AttachGeometry', 'MedDataBlock', 'MedImageDataLoaders', 'show_batch',
+           'show_results', 'plot_top_losses', 'pred_to_binary_mask', 'pred_to_multiclass_mask',
+           'batch_pred_to_multiclass_mask']
 
 # %% ../nbs/07_vision_data.ipynb #29b51992
 class MedReader(DisplayedTransform):
@@ -59,7 +60,7 @@ class MedReader(DisplayedTransform):
 
 def _is_reader_fn(f, cls): return getattr(f, '__func__', None) is MedBase.create.__func__ and getattr(f, '__self__', None) is cls
 
-# %% ../nbs/07_vision_data.ipynb #bd389acc
+# %% ../nbs/07_vision_data.ipynb #3d71c266
 def MedMaskBlock():
     "A `TransformBlock` for label volumes read as `MedMask`."
     return TransformBlock(type_tfms=MedMask.create)
@@ -70,6 +71,19 @@ def split_item_tfms(item_tfms):
     n = 0
     while n < len(item_tfms) and getattr(item_tfms[n], 'deterministic', False) and getattr(item_tfms[n], 'per_item', False): n += 1
     return item_tfms[:n], item_tfms[n:]
+
+class AttachGeometry(ItemTransform):
+    "Batch transform whose decoding gives predictions the per-item geometry of their input batch."
+    order = 1000
+    def encodes(self, b): return b
+    def decodes(self, b):
+        if not isinstance(b, (list, tuple)) or not b or not isinstance(b[0], MedBase): return b
+        geometry = b[0].__dict__.get('batch_geometry')
+        if geometry is None: return b
+        for y in b[1:]:
+            if isinstance(y, MedBase) and y.ndim == 5 and y.shape[-3:] == b[0].shape[-3:] and not y.__dict__.get('batch_geometry'):
+                y.batch_geometry = geometry
+        return b
 
 class MedDataBlock(DataBlock):
     "A fastai `DataBlock` for 3D medical volumes, with its own `reorder` and `resample` settings."
@@ -85,6 +99,7 @@ class MedDataBlock(DataBlock):
         self.prefix_tfms = prefix
         from fastMONAI.vision_cache import get_cache   # (vision_cache comes later in the dependency order)
         cache = get_cache(cache)
+        batch_tfms = list(L(batch_tfms)) + [AttachGeometry()]
         super().__init__(blocks=blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=rest,
                          batch_tfms=batch_tfms, **kwargs)
         self.readers = []

@@ -51,7 +51,7 @@ def get_slice(data: np.ndarray, # spatial array [X, Y, Z] in RAS
     aspect = spacing[row_axis] / spacing[col_axis]
     return s, aspect
 
-# %% ../nbs/01_vision_plot.ipynb #166d635c
+# %% ../nbs/01_vision_plot.ipynb #2d18ecf1
 def _as_numpy(x):
     if isinstance(x, torch.Tensor): x = x.detach().cpu().as_subclass(torch.Tensor).float().numpy()
     return np.asarray(x)
@@ -64,12 +64,13 @@ def show_med_img(im, # tensor or array [C, X, Y, Z] (or [X, Y, Z])
                  voxel_size=None, # voxel size in mm (voxel order); taken from `affine` when None
                  affine=None, # 4x4 affine; when given, the volume is viewed in RAS whatever its storage order
                  figsize=None, title=None,
-                 transparent_zero: bool=False, # draw 0 (background of a mask) fully transparent
+                 transparent_zero: bool=False, # a label map: 0 (background) transparent, labels in strong tab20 colours
                  **kwargs): # passed on to `imshow`
     "Draw one slice of `im` in radiological convention with the aspect ratio from the voxel size."
     data = _as_numpy(im)
     if data.ndim == 4: data = data[channel]
-    if transparent_zero: data = np.where(data == 0, np.nan, data.astype(float))
+    # labels 1, 2, ... → even tab20 entries (orange, green, red, ...): the saturated half of the palette
+    if transparent_zero: data = np.where(data == 0, np.nan, 2 * data.astype(float))
     if data.ndim != 3: raise ValueError(f"expected a [C, X, Y, Z] or [X, Y, Z] volume, got shape {tuple(data.shape)}")
     if affine is not None and voxel_size is not None:
         affine = np.asarray(affine, float).copy()
