@@ -289,7 +289,7 @@ def cmd_train(args) -> int:
     _say(f"model saved to {folder}")
     return 0
 
-# %% ../nbs/15_cli.ipynb #b0f3b935
+# %% ../nbs/15_cli.ipynb #d27698d3
 def _dice(pred, targ) -> float:
     p, t = np.asarray(pred) > 0, np.asarray(targ) > 0
     return float(2 * (p & t).sum() / max(p.sum() + t.sum(), 1))
@@ -348,7 +348,9 @@ def cmd_quickstart(args) -> int:
     cfg = check_train_config(cfg, base=out)
     learn, folder = train_from_config(cfg, quiet=args.quiet)
     valid_dice = float(learn.recorder.values[-1][-1])
-    learn.show_results(max_n=3, anatomical_plane=2)
+    if args.quiet:
+        with learn.no_bar(): learn.show_results(max_n=3, anatomical_plane=2)
+    else: learn.show_results(max_n=3, anatomical_plane=2)
     plt.savefig(out/'predictions.png', dpi=80, bbox_inches='tight'); plt.close('all')
     valid = learn.dls.valid_ds.items
     fn, mask_fn = valid[cfg['image_col']].iloc[0], valid[cfg['label_col']].iloc[0]
@@ -363,7 +365,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/15_cli.ipynb #bc946c1f
+# %% ../nbs/15_cli.ipynb #290299d3
 def build_parser() -> argparse.ArgumentParser:
     "The `fastmonai` argument parser with its subcommands."
     p = argparse.ArgumentParser(prog='fastmonai', description='fastMONAI: deep learning on 3D medical images from the command line.')
@@ -411,6 +413,8 @@ def main(argv=None) -> int: # arguments without the program name; default `sys.a
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, 'func', None) is None: parser.print_help(); return 2
+    # progress bars redraw a terminal line; in a log file (CI, `> log`) they are noise, so go quiet there
+    if hasattr(args, 'quiet') and not args.quiet and not sys.stdout.isatty(): args.quiet = True
     if getattr(args, 'n_subjects', 1) is None and getattr(args, 'data', None) == 'phantom': args.n_subjects = 24
     try: return int(args.func(args) or 0)
     except CLIError as e:
