@@ -98,7 +98,7 @@ def output_names(volumes, outdir) -> list:
         used.add(name); res.append(outdir/f'{name}.nii.gz')
     return res
 
-# %% ../nbs/15_cli.ipynb #0cbc4228
+# %% ../nbs/15_cli.ipynb #6ce4370b
 def _progress(items):
     try:
         from fastprogress.fastprogress import progress_bar
@@ -106,8 +106,8 @@ def _progress(items):
     except Exception: return items
 
 def _write_csv(df: pd.DataFrame, path: Path):
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    df.to_csv(tmp, index=False); os.replace(tmp, path)
+    from fastMONAI.vision_core import atomic_write   # imported here: `fastmonai --help` stays fast
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 def _prediction_row(model, v, res) -> dict:
     if model.task == 'classification':

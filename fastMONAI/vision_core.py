@@ -18,8 +18,9 @@ from fastai.torch_core import TensorBase
 from .vision_plot import show_med_img
 
 # %% auto #0
-__all__ = ['affine_spacing', 'affine_orientation', 'SourceGeometry', 'MedBase', 'MedImage', 'MedMask', 'MedReadError', 'is_nifti',
-           'preprocess_tio', 'to_med', 'to_tio', 'med_img_reader', 'save_nifti']
+__all__ = ['affine_spacing', 'affine_orientation', 'SourceGeometry', 'MedBase', 'MedImage', 'MedMask', 'as_tensor',
+           'MedReadError', 'is_nifti', 'preprocess_tio', 'to_med', 'to_tio', 'med_img_reader', 'atomic_write',
+           'save_nifti']
 
 # %% ../nbs/02_vision_core.ipynb #c7716109
 def affine_spacing(affine) -> tuple:
@@ -183,7 +184,18 @@ def _check_geometry(res, args, kwargs):
     src = next((a for a in args if isinstance(a, MedBase)), None) if args else None
     if src is None or _spatial(src) != _spatial(res) or (key == 'batch_geometry' and res.ndim != 5): d.pop(key, None)
 
-# %% ../nbs/02_vision_core.ipynb #5967327f
+# %% ../nbs/02_vision_core.ipynb #50d7159e
+def as_tensor(x, # a MedImage/MedMask (any tensor), numpy array or array-like
+              dtype=None, # convert to this dtype (a copy only when it differs), as `torch.as_tensor` does
+              device=None # move to this device (a copy only when it differs)
+             ) -> torch.Tensor:
+    "`x` as a plain `torch.Tensor` sharing its memory (geometry and subclass dropped)."
+    if isinstance(x, torch.Tensor):
+        t = x.as_subclass(torch.Tensor)
+        return t if dtype is None and device is None else t.to(dtype=dtype, device=device)
+    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+
+# %% ../nbs/02_vision_core.ipynb #2ecbcf52
 class MedReadError(ValueError):
     "A medical image that cannot be used, with the file named in the message."
     pass
@@ -285,7 +297,7 @@ def to_tio(x, dtype=None) -> tio.Image:
     "A TorchIO image from a `MedImage`/`MedMask` (or plain tensor), with the tensor's affine."
     affine = x.__dict__.get('affine') if isinstance(x, MedBase) else None
     cls = _tio_cls(dtype or type(x))
-    return cls(tensor=x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else torch.as_tensor(x),
+    return cls(tensor=as_tensor(x),
                affine=affine if affine is not None else np.eye(4))
 
 def med_img_reader(file_path, # a file, a DICOM series folder, or a list of files (channels)
@@ -310,7 +322,21 @@ def _float32(x):
     "Volumes enter training as float32 (intensities and labels alike): losses and metrics expect floats."
     return x if x.dtype == torch.float32 else x.float()
 
-# %% ../nbs/02_vision_core.ipynb #eb7edba9
+# %% ../nbs/02_vision_core.ipynb #e63b3459
+def atomic_write(path, # the final file
+                 write # called as `write(tmp)` with a temporary `Path` in the same folder; must create it
+                ) -> Path:
+    "Have `write` fill a temporary file next to `path`, then rename it to `path`; returns `path` as a `Path`."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{os.getpid()}.{os.urandom(4).hex()}.tmp-{path.name}')
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+# %% ../nbs/02_vision_core.ipynb #8eb01c3b
 def _mask_dtype(arr):
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
     for t in (np.uint8, np.int16, np.int32):
@@ -326,17 +352,10 @@ def save_nifti(x, # MedImage/MedMask (or tensor) [C, X, Y, Z] or [X, Y, Z]
     path = Path(path)
     affine = affine if affine is not None else (x.__dict__.get('affine') if isinstance(x, MedBase) else None)
     if affine is None: raise ValueError(f"{path}: no affine known for this tensor; pass `affine=`")
-    arr = x.detach().cpu().as_subclass(torch.Tensor).numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    arr = as_tensor(x).detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim == 4: arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
     if dtype is None and isinstance(x, MedMask): dtype = _mask_dtype(arr)
     if dtype is not None: arr = np.rint(arr).astype(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else arr.astype(dtype)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{os.getpid()}.tmp-{path.name}')
-    try:
-        nii = nib.Nifti1Image(arr, np.asarray(affine, dtype=float))
-        nii.header.set_qform(np.asarray(affine, dtype=float), code=1); nii.header.set_sform(np.asarray(affine, dtype=float), code=1)
-        nib.save(nii, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+    nii = nib.Nifti1Image(arr, np.asarray(affine, dtype=float))
+    nii.header.set_qform(np.asarray(affine, dtype=float), code=1); nii.header.set_sform(np.asarray(affine, dtype=float), code=1)
+    return atomic_write(path, lambda tmp: nib.save(nii, str(tmp)))

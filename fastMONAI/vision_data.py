@@ -137,13 +137,13 @@ class MedImageDataLoaders(DataLoaders):
                               reorder=reorder, resample=resample, **aliases)
         return cls.from_dblock(dblock, df, **kwargs)
 
-# %% ../nbs/07_vision_data.ipynb #aa7f19f2
+# %% ../nbs/07_vision_data.ipynb #e787e4eb
 def _show_kw(kwargs):
     return {k: kwargs[k] for k in ('channel', 'slice_index', 'anatomical_plane', 'voxel_size') if k in kwargs}
 
 def _as_mask(m, like=None):
     if isinstance(m, MedMask): return m
-    res = MedMask(m.as_subclass(torch.Tensor) if isinstance(m, torch.Tensor) else torch.as_tensor(m))
+    res = MedMask(as_tensor(m))
     if like is not None and like.__dict__.get('affine') is not None and res.shape[-3:] == like.shape[-3:]: res.affine = like.affine
     return res
 
@@ -228,18 +228,18 @@ def plot_top_losses(x: MedImage, y: MedMask, samples, outs, raws, losses, nrows=
         _overlay(img, targ, axs[3 * i + 1], kw); _overlay(img, pred, axs[3 * i + 2], kw, title=f'loss = {l.item():.4f}')
     return axs
 
-# %% ../nbs/07_vision_data.ipynb #c128f4ba
+# %% ../nbs/07_vision_data.ipynb #d1c7c684
 def pred_to_binary_mask(pred) -> torch.Tensor:
     "Logits of a one-channel model → {0, 1} mask (sigmoid ≥ 0.5, i.e. logit ≥ 0)."
-    p = pred.as_subclass(torch.Tensor) if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
+    p = as_tensor(pred)
     return (torch.sigmoid(p.float()) >= 0.5).float()
 
 def pred_to_multiclass_mask(pred) -> torch.Tensor:
     "Logits `[C, ...]` (one item) → label map `[1, ...]` (softmax-argmax over channels)."
-    p = pred.as_subclass(torch.Tensor) if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
+    p = as_tensor(pred)
     return torch.softmax(p.float(), dim=0).argmax(dim=0, keepdim=True).float()
 
 def batch_pred_to_multiclass_mask(pred):
     "Logits `[B, C, ...]` → `(masks [B, 1, ...], n_classes)`."
-    p = pred.as_subclass(torch.Tensor) if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
+    p = as_tensor(pred)
     return torch.softmax(p.float(), dim=1).argmax(dim=1, keepdim=True).float(), p.shape[1]
