@@ -144,6 +144,8 @@ def test_binary_segmentation(arch, segmentation_study, tmp_path):
     path = df.img_path[df.is_val].iloc[0]
     with learn.no_bar(): mask, *_ = learn.predict(path)
     assert isinstance(mask, MedMask) and mask.shape[-3:] == tuple(SIZE) and set(mask.unique().tolist()) <= {0., 1.}
+    # the predicted mask carries the grid it was predicted on, and where it came from
+    assert mask.orientation == 'RAS' and np.allclose(mask.spacing, RESAMPLE) and mask.source.path == str(path)
     learn.save('model-1')
     (tmp_path/'models').mkdir(exist_ok=True)
     learn.export('models/export.pkl')
