@@ -18,7 +18,7 @@ from .vision_core import MedBase, MedImage, MedMask, SourceGeometry, as_tensor, 
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT_VERSION', 'DEFAULT_MAX_DISK_BYTES', 'file_identity', 'cache_key', 'MemoryLRU', 'default_cache_dir',
-           'VolumeCache', 'default_cache', 'get_cache', 'fill_cache']
+           'VolumeCache', 'default_cache', 'get_cache', 'fill_cache', 'FillCache']
 
 # %% ../nbs/10_vision_cache.ipynb #84346510
 CACHE_FORMAT_VERSION = 1
@@ -93,7 +93,7 @@ class MemoryLRU:
         with self.lock: self.data.clear(); self.nbytes = 0
     def __len__(self): return len(self.data)
 
-# %% ../nbs/10_vision_cache.ipynb #b421c2b7
+# %% ../nbs/10_vision_cache.ipynb #6652e4eb
 def default_cache_dir() -> Path:
     "`FASTMONAI_CACHE_DIR` if set, else `~/.cache/fastMONAI`."
     return Path(os.environ.get('FASTMONAI_CACHE_DIR') or Path.home() / '.cache' / 'fastMONAI').expanduser()
@@ -183,6 +183,11 @@ class VolumeCache:
         for f in self._pending: f.result()
         self._pending = []
 
+    def has(self, o, reader) -> bool:
+        "Whether the disk store holds the entry of reading `o` with `reader`."
+        key = self.key(o, reader)
+        return bool(self.disk and key is not None and self.paths(key)[1].exists())
+
     def key(self, o, reader) -> str|None:
         "The key of reading `o` with `reader` (None: do not cache)."
         try: return cache_key(o, reader.settings())
@@ -259,11 +264,12 @@ def get_cache(cache=True) -> VolumeCache|None:
     if hasattr(cache, 'load'): return cache
     raise TypeError(f"cache must be True, False, a folder or a VolumeCache, not {cache!r}")
 
-# %% ../nbs/10_vision_cache.ipynb #4acce2cf
+# %% ../nbs/10_vision_cache.ipynb #fdb247ed
 _FILL_READERS = []
 
 def _fill_init(readers):
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)                           # one thread per process: the processes share the cores
+    import SimpleITK as sitk; sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     _FILL_READERS[:] = readers
 
 def _fill_one(job):
@@ -302,8 +308,10 @@ def fill_cache(dls, # fastai `DataLoaders`, `Datasets`, or a list of `Datasets`
                 if isinstance(o, list) and len(o) == 1: o = o[0]
                 tag = (ri, json.dumps(o, default=str))
                 if tag not in seen: seen.add(tag); jobs.append((ri, o))
-    n_workers = os.cpu_count() if n_workers is None else n_workers
     start = time.perf_counter()
+    todo = [(ri, o) for ri, o in jobs if not readers[ri].cache.has(o, readers[ri])]
+    skipped, jobs = len(jobs) - len(todo), todo
+    n_workers = os.cpu_count() if n_workers is None else n_workers
     if n_workers and len(jobs) > 1 and all(r.cache.disk for r in readers):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -313,4 +321,23 @@ def fill_cache(dls, # fastai `DataLoaders`, `Datasets`, or a list of `Datasets`
     else:
         for ri, o in jobs: readers[ri].cache.load(o, readers[ri])
         n = len(jobs)
-    return dict(n=n, seconds=time.perf_counter() - start)
+    return dict(n=n, skipped=skipped, seconds=time.perf_counter() - start)
+
+# %% ../nbs/10_vision_cache.ipynb #b98b5f03
+from fastai.learner import Learner  # defines fastai's `defaults.callbacks`
+from fastai.callback.core import Callback
+from fastcore.basics import defaults
+
+class FillCache(Callback):
+    "Before the first fit, fill the data's cache in parallel processes (the parallel first pass)."
+    n_workers = None # processes (None: the number of CPUs; 0: off)
+    def before_fit(self):
+        if getattr(self, 'done', False) or self.n_workers == 0: return
+        self.done = True
+        datasets = [dl.dataset for dl in getattr(self.dls, 'loaders', [])[:2] if hasattr(dl.dataset, 'tls')]
+        disk_readers = [tl.tfms.fs[i] for d in datasets for tl in d.tls if (i := _cached_readers(tl.tfms)) is not None]
+        if datasets and disk_readers and all(r.cache.disk for r in disk_readers): fill_cache(datasets, self.n_workers)
+
+# registered once, by the library module (running this notebook's cells must not register a copy)
+if __name__ != '__main__' and not any(getattr(c, '__name__', '') == 'FillCache' for c in defaults.callbacks):
+    defaults.callbacks.append(FillCache)
