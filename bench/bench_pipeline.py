@@ -84,6 +84,7 @@ def main():
     ap.add_argument('--quick', action='store_true', help='16 subjects')
     ap.add_argument('--out', default=str(Path(__file__).parent / 'RESULTS.md'), help='where to write the Markdown table ("" for nowhere)')
     ap.add_argument('--repeat', type=int, default=3, help='runs per variant (the median is printed)')
+    ap.add_argument('--verbose', action='store_true', help='print the seconds of every run')
     ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch\'s choice)')
     args = ap.parse_args()
     if args.threads: torch.set_num_threads(args.threads)
@@ -119,6 +120,7 @@ def main():
                     dls = dataloaders(df, cache, batch_aug, w)
                     t_fill = fill_cache(dls, n_workers=2)['seconds'] if fill else 0.
                     e1, e2 = t_fill + epoch(dls), epoch(dls)
+                    if args.verbose: print(f'  run {r}, {name}: fill {t_fill:.2f} s, epoch 1 {e1:.2f} s, epoch 2 {e2:.2f} s', flush=True)
                     rows.setdefault(name, []).append((nvol / e1, nvol / e2))
             med = {k: np.median(np.array(v), axis=0) for k, v in rows.items()}
             b1, b2 = med[variants[0][0]]

@@ -195,7 +195,7 @@ def as_tensor(x, # a MedImage/MedMask (any tensor), numpy array or array-like
         return t if dtype is None and device is None else t.to(dtype=dtype, device=device)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
-# %% ../nbs/02_vision_core.ipynb #2ecbcf52
+# %% ../nbs/02_vision_core.ipynb #1ccfdcae
 class MedReadError(ValueError):
     "A medical image that cannot be used, with the file named in the message."
     pass
@@ -278,11 +278,12 @@ def _resolve_aliases(reorder, resample, kwargs):
     if kwargs: raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
     return bool(reorder), _spacing3(resample)
 
-def preprocess_tio(img: tio.Image, reorder: bool=False, resample=None):
+def preprocess_tio(img: tio.Image, reorder: bool=False, resample=None,
+                   copy: bool=True): # False: `img` may be changed in place (saves a copy when it is not kept)
     "Reorder (to RAS+) then resample a TorchIO image; returns `(image, shape_after_reorder)`."
-    if reorder: img = tio.ToCanonical()(img)
+    if reorder: img = tio.ToCanonical(copy=copy)(img)
     reordered_shape = tuple(img.spatial_shape)
-    if resample is not None: img = tio.Resample(resample)(img)
+    if resample is not None: img = tio.Resample(resample, copy=copy)(img)
     return img, reordered_shape
 
 def to_med(img: tio.Image, dtype=None, source: SourceGeometry|None=None):
@@ -312,7 +313,7 @@ def med_img_reader(file_path, # a file, a DICOM series folder, or a list of file
     img = _read_channels(file_path, dtype)
     path = tuple(str(p) for p in file_path) if isinstance(file_path, (list, tuple)) else str(file_path)
     source_shape, source_affine = tuple(img.spatial_shape), np.asarray(img.affine, dtype=float)
-    out, reordered_shape = preprocess_tio(img, reorder, resample)
+    out, reordered_shape = preprocess_tio(img, reorder, resample, copy=not only_tensor)  # the original is kept only then
     source = SourceGeometry(path, source_shape, source_affine, reordered_shape)
     res = _float32(to_med(out, dtype, source))
     if only_tensor: return res
