@@ -195,7 +195,7 @@ def as_tensor(x, # a MedImage/MedMask (any tensor), numpy array or array-like
         return t if dtype is None and device is None else t.to(dtype=dtype, device=device)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
-# %% ../nbs/02_vision_core.ipynb #1ccfdcae
+# %% ../nbs/02_vision_core.ipynb #ed0fb7d8
 class MedReadError(ValueError):
     "A medical image that cannot be used, with the file named in the message."
     pass
@@ -216,10 +216,28 @@ def _read_nifti(path):
     elif arr.dtype == bool: arr = arr.astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(arr)), np.asarray(nii.affine, dtype=float)
 
+def _check_one_series(folder: Path):
+    "A DICOM folder must hold exactly one series: reading one of several would silently pick one."
+    if not any(folder.iterdir()): raise MedReadError(f"{folder}: the folder is empty (expected a DICOM series)")
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)   # ITK prints "No Series were found" itself; our error says it
+    try: ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally: sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    if not ids: raise MedReadError(f"{folder}: no DICOM series found in this folder")
+    if len(ids) > 1:
+        def describe(uid):
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+            r = sitk.ImageFileReader(); r.SetFileName(files[0]); r.LoadPrivateTagsOff()
+            try: r.ReadImageInformation(); desc = r.GetMetaData('0008|103e').strip() if r.HasMetaDataKey('0008|103e') else ''
+            except RuntimeError: desc = ''
+            return f"{uid} ({len(files)} files{', ' + repr(desc) if desc else ''})"
+        raise MedReadError(f"{folder}: holds {len(ids)} DICOM series: " + '; '.join(describe(u) for u in ids)
+                           + ". Put each series in its own folder and give that folder.")
+
 def _read_tio(path, dtype) -> tio.Image:
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"{p}: no such file or DICOM folder")
-    if p.is_dir() and not any(p.iterdir()): raise MedReadError(f"{p}: the folder is empty (expected a DICOM series)")
+    if p.is_dir(): _check_one_series(p)
     try:
         if is_nifti(p):
             tensor, affine = _read_nifti(p)
