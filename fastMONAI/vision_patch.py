@@ -27,8 +27,8 @@ from .vision_inference import (map_to_source, keep_largest, check_model_input, s
 __all__ = ['PatchConfig', 'make_subject', 'PadToPatch', 'volume_transform', 'make_sampler', 'PatchDataset', 'MedPatchDataLoaders',
            'PatchInferenceEngine', 'patch_inference']
 
-# %% ../nbs/13_vision_patch.ipynb #fcdf67e8
-_SAMPLERS, _AGGREGATIONS = ('uniform', 'label'), ('hann', 'average', 'crop')
+# %% ../nbs/13_vision_patch.ipynb #5d00634d
+_SAMPLERS, _AGGREGATIONS = ('uniform', 'label'), ('hann', 'gaussian', 'average', 'crop')
 
 def _three_ints(value, name) -> list:
     v = np.atleast_1d(np.asarray(value))
@@ -46,7 +46,7 @@ class PatchConfig:
                  label_probabilities: dict|None=None, # {label: probability} for the label sampler
                  queue_length: int=300, # patches held in the queue
                  queue_num_workers: int=4, # processes loading volumes for the queue
-                 aggregation_mode: str='hann', # 'hann', 'average' or 'crop'
+                 aggregation_mode: str='hann', # 'hann', 'gaussian', 'average' or 'crop'
                  reorder: bool=False, # reorder volumes to RAS+ (also `apply_reorder=`)
                  resample=None, # voxel spacing in mm, one number or three (also `target_spacing=`)
                  padding_mode=0, # value or NumPy mode to pad volumes smaller than a patch (and the grid border)
@@ -237,7 +237,7 @@ class MedPatchDataLoaders(DataLoaders):
         dls.patch_config, dls.pre_patch_tfms, dls.patch_tfms = config, list(pre_patch_tfms or []), list(patch_tfms or [])
         return dls
 
-# %% ../nbs/13_vision_patch.ipynb #006858ac
+# %% ../nbs/13_vision_patch.ipynb #475357a7
 def _models(learner) -> list:
     learners = list(learner) if isinstance(learner, (list, tuple)) else [learner]
     models = [l.model if hasattr(l, 'model') else l for l in learners]
@@ -292,19 +292,40 @@ class PatchInferenceEngine:
         "Blended probabilities `[C, X, Y, Z]` on the preprocessed grid (a `MedImage` with its affine and source)."
         subject, source = self.preprocess(path)
         c = self.config
-        sampler = tio.inference.GridSampler(subject, c.patch_size, c.patch_overlap, padding_mode=c.padding_mode)
-        aggregator = tio.inference.GridAggregator(sampler, overlap_mode=c.aggregation_mode)
         for m in self.models: m.eval()
-        with torch.no_grad():
-            for batch in torch.utils.data.DataLoader(sampler, batch_size=self.sw_batch_size):
-                patches = batch['image'][tio.DATA].float()
-                try: probs = self._forward(patches, tta)
-                except RuntimeError as e:
-                    raise MedReadError(f"{_name(path)}: the model cannot process patches of shape {tuple(patches.shape[1:])}: {str(e)[:300]}") from e
-                aggregator.add_batch(probs, batch[tio.LOCATION])
-        res = MedImage(aggregator.get_output_tensor().float())
+        if c.aggregation_mode == 'gaussian': out = self._gaussian(subject, path, tta)
+        else: out = self._grid(subject, path, tta)
+        res = MedImage(out.float())
         res.affine, res.source = np.asarray(subject['image'].affine, float), source
         return res
+
+    def _predict_patches(self, patches, path, tta):
+        try: return self._forward(patches.float(), tta)
+        except RuntimeError as e:
+            raise MedReadError(f"{_name(path)}: the model cannot process patches of shape {tuple(patches.shape[1:])}: {str(e)[:300]}") from e
+
+    def _gaussian(self, subject, path, tta) -> torch.Tensor:
+        "MONAI's sliding window with Gaussian importance weights (σ = 1/8 of the patch)."
+        from monai.inferers import sliding_window_inference
+        c, pad = self.config, self.config.padding_mode
+        numeric = isinstance(pad, (int, float)) and not isinstance(pad, bool)
+        mode = pad if pad in ('reflect', 'replicate', 'circular') else 'constant'
+        with torch.no_grad():
+            out = sliding_window_inference(subject['image'][tio.DATA].float()[None], c.patch_size, self.sw_batch_size,
+                                           lambda p: self._predict_patches(p, path, tta),
+                                           overlap=[o / p for o, p in zip(c.patch_overlap, c.patch_size)],
+                                           mode='gaussian', sigma_scale=0.125, padding_mode=mode, cval=float(pad) if numeric else 0.)
+        return as_tensor(out)[0]
+
+    def _grid(self, subject, path, tta) -> torch.Tensor:
+        "TorchIO's grid sampler and aggregator (Hann, average or crop blending)."
+        c = self.config
+        sampler = tio.inference.GridSampler(subject, c.patch_size, c.patch_overlap, padding_mode=c.padding_mode)
+        aggregator = tio.inference.GridAggregator(sampler, overlap_mode=c.aggregation_mode)
+        with torch.no_grad():
+            for batch in torch.utils.data.DataLoader(sampler, batch_size=self.sw_batch_size):
+                aggregator.add_batch(self._predict_patches(batch['image'][tio.DATA], path, tta), batch[tio.LOCATION])
+        return aggregator.get_output_tensor()
 
     def predict(self, path, # a file, DICOM folder or list of channel files
                 return_probabilities: bool=False, # also return the probabilities on the source grid
