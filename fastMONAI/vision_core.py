@@ -19,8 +19,8 @@ from .vision_plot import show_med_img
 
 # %% auto #0
 __all__ = ['affine_spacing', 'affine_orientation', 'SourceGeometry', 'MedBase', 'MedImage', 'MedMask', 'as_tensor',
-           'MedReadError', 'is_nifti', 'preprocess_tio', 'to_med', 'to_tio', 'med_img_reader', 'atomic_write',
-           'save_nifti']
+           'MedReadError', 'is_nifti', 'nifti_affine', 'preprocess_tio', 'to_med', 'to_tio', 'med_img_reader',
+           'atomic_write', 'save_nifti']
 
 # %% ../nbs/02_vision_core.ipynb #c7716109
 def affine_spacing(affine) -> tuple:
@@ -32,8 +32,14 @@ def affine_orientation(affine) -> str:
     "Orientation code such as 'RAS' or 'LPS' of a 4x4 affine (where each voxel axis points to)."
     return ''.join(nib.aff2axcodes(np.asarray(affine, dtype=float)))
 
-# %% ../nbs/02_vision_core.ipynb #a9ace05a
-@dataclass
+# %% ../nbs/02_vision_core.ipynb #32373711
+def _read_only(a) -> np.ndarray:
+    "A read-only float copy of an affine (shared safely between tensors)."
+    a = np.array(a, dtype=float)
+    a.setflags(write=False)
+    return a
+
+@dataclass(frozen=True, eq=False)
 class SourceGeometry:
     "Where a volume came from: file(s), shape, affine and orientation on disk, and shape after reordering."
     path: str|tuple|None # the file, DICOM folder, or tuple of files (channels)
@@ -42,10 +48,11 @@ class SourceGeometry:
     reordered_shape: tuple|None=None # spatial shape after reordering to RAS, before resampling
 
     def __post_init__(self):
-        self.shape = tuple(int(s) for s in self.shape)
-        self.affine = np.asarray(self.affine, dtype=float)
-        if self.reordered_shape is not None: self.reordered_shape = tuple(int(s) for s in self.reordered_shape)
-        if isinstance(self.path, list): self.path = tuple(self.path)
+        put = lambda k, v: object.__setattr__(self, k, v)
+        put('shape', tuple(int(s) for s in self.shape))
+        put('affine', _read_only(self.affine))
+        if self.reordered_shape is not None: put('reordered_shape', tuple(int(s) for s in self.reordered_shape))
+        if isinstance(self.path, list): put('path', tuple(self.path))
 
     @property
     def spacing(self): return affine_spacing(self.affine)
@@ -63,7 +70,7 @@ class SourceGeometry:
         return (isinstance(other, SourceGeometry) and self.path == other.path and self.shape == other.shape
                 and self.reordered_shape == other.reordered_shape and np.allclose(self.affine, other.affine))
 
-# %% ../nbs/02_vision_core.ipynb #73508273
+# %% ../nbs/02_vision_core.ipynb #a2052e73
 _GEOMETRY_KEYS = ('affine', 'source')
 
 def _spatial(t): return tuple(t.shape[-3:]) if t.ndim >= 3 else None
@@ -85,6 +92,19 @@ class MedBase(TensorBase):
         return med_img_reader(fn, reorder=reorder, resample=resample, dtype=cls, **kwargs)
 
     @property
+    def affine(self):
+        "The 4x4 voxel-to-world (RAS) affine of this tensor's grid (None when unknown); a read-only array."
+        return self.__dict__.get('affine')
+    @affine.setter
+    def affine(self, a): self.__dict__['affine'] = None if a is None else _read_only(a)
+
+    def clone(self, *, memory_format=None):
+        "A copy of the voxels that keeps the geometry (fastai's `clone` would drop it)."
+        res = super().clone(memory_format=memory_format)
+        res.__dict__.update({k: list(v) if k == 'batch_geometry' else v for k, v in self.__dict__.items()})
+        return res
+
+    @property
     def spacing(self):
         "Voxel size in mm along X, Y, Z of this tensor's grid (None when the geometry is unknown)."
         a = self.__dict__.get('affine')
@@ -104,7 +124,7 @@ class MedBase(TensorBase):
             items = args[0] if args else (kwargs or {}).get('tensors')
             dim = (args[1] if len(args) > 1 else (kwargs or {}).get('dim', 0))
             if isinstance(res, MedBase) and dim == 0 and items is not None: _set_batch_geometry(res, items, func is torch.stack)
-        elif isinstance(res, MedBase): _check_geometry(res, args, kwargs)
+        elif isinstance(res, MedBase): _check_geometry(res, args, kwargs, func)
         elif func in (torch.unbind, torch.Tensor.unbind) and isinstance(res, (tuple, list)): _unbind_geometry(res, args, kwargs)
         return res
 
@@ -176,13 +196,28 @@ def _unbind_geometry(res, args, kwargs):
         for k in _GEOMETRY_KEYS + ('batch_geometry',): r.__dict__.pop(k, None)
         if bg is not None and dim == 0 and len(bg) == len(res): r.__dict__.update(bg[i])
 
-def _check_geometry(res, args, kwargs):
-    "Drop the affine when the op changed the spatial shape (the old grid no longer describes the tensor)."
+_AXIS_OPS = {f for name in ('permute', 'transpose', 'swapaxes', 'swapdims', 'movedim', 'moveaxis')
+             for f in (getattr(torch, name, None), getattr(torch.Tensor, name, None)) if f is not None}
+
+def _moves_spatial_axes(func, args, kwargs, src) -> bool:
+    "Whether an axis-reordering op moves the spatial axes (tried on a shape-only 'meta' tensor)."
+    probe = torch.empty([2 + i for i in range(src.ndim)], device='meta')
+    try: out = func(probe, *args[1:], **(kwargs or {}))
+    except Exception: return True
+    return tuple(out.shape[-3:]) != tuple(probe.shape[-3:])
+
+def _check_geometry(res, args, kwargs, func=None):
+    "Drop geometry the result cannot have: all of it below 3 dims, the affine when the grid changed."
     d = res.__dict__
+    if res.ndim < 3:                                  # a reduction (`mean`, `sum`, ...) or a profile: no grid left
+        for k in _GEOMETRY_KEYS + ('batch_geometry',): d.pop(k, None)
+        return
     key = 'batch_geometry' if 'batch_geometry' in d else 'affine'
     if d.get(key) is None: return
     src = next((a for a in args if isinstance(a, MedBase)), None) if args else None
     if src is None or _spatial(src) != _spatial(res) or (key == 'batch_geometry' and res.ndim != 5): d.pop(key, None)
+    elif func in _AXIS_OPS and _moves_spatial_axes(func, args, kwargs, src):   # X, Y, Z swapped: the affine would lie
+        for k in _GEOMETRY_KEYS + ('batch_geometry',): d.pop(k, None)
 
 # %% ../nbs/02_vision_core.ipynb #50d7159e
 def as_tensor(x, # a MedImage/MedMask (any tensor), numpy array or array-like
@@ -195,7 +230,7 @@ def as_tensor(x, # a MedImage/MedMask (any tensor), numpy array or array-like
         return t if dtype is None and device is None else t.to(dtype=dtype, device=device)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
-# %% ../nbs/02_vision_core.ipynb #ed0fb7d8
+# %% ../nbs/02_vision_core.ipynb #25d809d4
 class MedReadError(ValueError):
     "A medical image that cannot be used, with the file named in the message."
     pass
@@ -203,6 +238,16 @@ class MedReadError(ValueError):
 def _tio_cls(dtype): return tio.LabelMap if (isinstance(dtype, type) and issubclass(dtype, MedMask)) else tio.ScalarImage
 
 def is_nifti(path) -> bool: return str(path).lower().endswith(('.nii', '.nii.gz'))
+
+def nifti_affine(header, path) -> np.ndarray:
+    "The affine of a NIfTI file as ITK (and so TorchIO) reads it (NiBabel's, unless qform and sform disagree)."
+    q, _ = header.get_qform(coded=True)
+    s, _ = header.get_sform(coded=True)
+    if q is None or s is None or np.allclose(q, s, atol=1e-4): return np.asarray(header.get_best_affine(), dtype=float)
+    from torchio.data.io import get_ras_affine_from_sitk
+    r = sitk.ImageFileReader(); r.SetFileName(str(path)); r.ReadImageInformation()
+    if r.GetDimension() != 3: return np.asarray(header.get_best_affine(), dtype=float)
+    return np.asarray(get_ras_affine_from_sitk(r), dtype=float)
 
 def _read_nifti(path):
     "NIfTI through NiBabel, which (unlike SimpleITK) notices truncated files; returns `(tensor [C,X,Y,Z], affine)`."
@@ -214,7 +259,7 @@ def _read_nifti(path):
     if arr.dtype == np.float64: arr = arr.astype(np.float32)
     elif arr.dtype in (np.uint16, np.uint32): arr = arr.astype(np.int32 if arr.dtype == np.uint16 else np.int64)
     elif arr.dtype == bool: arr = arr.astype(np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(arr)), np.asarray(nii.affine, dtype=float)
+    return torch.from_numpy(np.ascontiguousarray(arr)), nifti_affine(nii.header, path)
 
 def _check_one_series(folder: Path):
     "A DICOM folder must hold exactly one series: reading one of several would silently pick one."
@@ -355,7 +400,7 @@ def atomic_write(path, # the final file
         if tmp.exists(): tmp.unlink()
     return path
 
-# %% ../nbs/02_vision_core.ipynb #8eb01c3b
+# %% ../nbs/02_vision_core.ipynb #74e57a1e
 def _mask_dtype(arr):
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
     for t in (np.uint8, np.int16, np.int32):
@@ -369,6 +414,7 @@ def save_nifti(x, # MedImage/MedMask (or tensor) [C, X, Y, Z] or [X, Y, Z]
                dtype=None): # numpy dtype; masks default to the smallest integer type
     "Write `x` as NIfTI with its affine, atomically (temporary name, then rename). Returns the path."
     path = Path(path)
+    if not is_nifti(path): raise ValueError(f"{path}: volumes are saved as NIfTI; give a name ending in .nii or .nii.gz")
     affine = affine if affine is not None else (x.__dict__.get('affine') if isinstance(x, MedBase) else None)
     if affine is None: raise ValueError(f"{path}: no affine known for this tensor; pass `affine=`")
     arr = as_tensor(x).detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
