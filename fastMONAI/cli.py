@@ -16,7 +16,7 @@ __all__ = ['CLIError', 'cmd_info', 'is_dicom_folder', 'expand_inputs', 'output_n
            'load_train_config', 'check_train_config', 'train_from_config', 'cmd_train', 'cmd_quickstart',
            'build_parser', 'main']
 
-# %% ../nbs/15_cli.ipynb #2eec73fc
+# %% ../nbs/15_cli.ipynb #f55e9521
 class CLIError(Exception):
     "A usage error: printed as one line, exit status 2."
     pass
@@ -24,6 +24,15 @@ class CLIError(Exception):
 def _say(*args): print(*args, flush=True)
 
 def _err(*args): print(*args, file=sys.stderr, flush=True)
+
+def _user_errors() -> tuple:
+    "The exceptions `main` reports in one line (`MedReadError` is imported only once something failed)."
+    from fastMONAI.vision_core import MedReadError
+    return (CLIError, MedReadError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
+
+def _one_line(e: BaseException) -> str:
+    "The message of `e` on one line (its type name when it has none)."
+    return ' '.join(str(e).split()) or type(e).__name__
 
 # %% ../nbs/15_cli.ipynb #7540f5b6
 def cmd_info(args) -> int:
@@ -365,7 +374,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/15_cli.ipynb #290299d3
+# %% ../nbs/15_cli.ipynb #b6cce715
 def build_parser() -> argparse.ArgumentParser:
     "The `fastmonai` argument parser with its subcommands."
     p = argparse.ArgumentParser(prog='fastmonai', description='fastMONAI: deep learning on 3D medical images from the command line.')
@@ -417,5 +426,5 @@ def main(argv=None) -> int: # arguments without the program name; default `sys.a
     if hasattr(args, 'quiet') and not args.quiet and not sys.stdout.isatty(): args.quiet = True
     if getattr(args, 'n_subjects', 1) is None and getattr(args, 'data', None) == 'phantom': args.n_subjects = 24
     try: return int(args.func(args) or 0)
-    except CLIError as e:
-        _err(f"fastmonai {args.command}: error: {e}"); return 2
+    except _user_errors() as e:  # evaluated only when something was raised
+        _err(f"fastmonai {args.command}: error: {_one_line(e)}"); return 2
