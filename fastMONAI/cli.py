@@ -298,7 +298,7 @@ def cmd_train(args) -> int:
     _say(f"model saved to {folder}")
     return 0
 
-# %% ../nbs/15_cli.ipynb #d27698d3
+# %% ../nbs/15_cli.ipynb #5059bcdc
 def _dice(pred, targ) -> float:
     p, t = np.asarray(pred) > 0, np.asarray(targ) > 0
     return float(2 * (p & t).sum() / max(p.sum() + t.sum(), 1))
@@ -331,8 +331,8 @@ def _quickstart_data(args, out: Path) -> dict:
     return dict(task='segmentation', data=str(study/'dataset.csv'), image_col='t1_path', label_col='labels',
                 valid_pct=0.2, seed=args.seed, reorder=bool(reorder), resample=[float(r) for r in resample],
                 item_tfms=[dict(name='ZNormalization'), dict(name='PadOrCrop', size=size), dict(name='RandomFlip', p=0.5)],
-                arch='UNet', arch_kwargs=dict(spatial_dims=3, in_channels=1, out_channels=1, channels=[16, 32, 64, 128],
-                                              strides=[2, 2, 2], num_res_units=2),
+                arch='UNet', arch_kwargs=dict(spatial_dims=3, in_channels=1, out_channels=1, channels=[8, 16, 32, 64],
+                                              strides=[2, 2, 2], num_res_units=1, norm='batch'),
                 epochs=args.epochs or 4, lr=1e-2, bs=4, output='model', overwrite=True)
 
 def _predict_nifti(learn, folder, fn, out: Path) -> Path:
@@ -374,7 +374,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/15_cli.ipynb #b6cce715
+# %% ../nbs/15_cli.ipynb #5a58a54a
 def build_parser() -> argparse.ArgumentParser:
     "The `fastmonai` argument parser with its subcommands."
     p = argparse.ArgumentParser(prog='fastmonai', description='fastMONAI: deep learning on 3D medical images from the command line.')
@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--out', default='fastmonai_quickstart', help='output folder')
     q.add_argument('--epochs', type=int, default=None, help='epochs (default 10 for phantoms, 4 for IXI Tiny)')
     q.add_argument('--data', choices=['phantom', 'ixi-tiny'], default='phantom', help='generated phantoms (offline) or IXI Tiny')
-    q.add_argument('--n-subjects', type=int, default=None, help='number of subjects (phantom default 24)')
+    q.add_argument('--n-subjects', type=int, default=None,
+                   help='number of subjects (default 24 phantoms, 80 of the 566 IXI Tiny brains: minutes on a CPU; 0 for all)')
     q.add_argument('--size', type=int, default=32, help='phantom volume size in voxels')
     q.add_argument('--seed', type=int, default=0, help='random seed')
     q.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -424,7 +425,8 @@ def main(argv=None) -> int: # arguments without the program name; default `sys.a
     if getattr(args, 'func', None) is None: parser.print_help(); return 2
     # progress bars redraw a terminal line; in a log file (CI, `> log`) they are noise, so go quiet there
     if hasattr(args, 'quiet') and not args.quiet and not sys.stdout.isatty(): args.quiet = True
-    if getattr(args, 'n_subjects', 1) is None and getattr(args, 'data', None) == 'phantom': args.n_subjects = 24
+    if getattr(args, 'n_subjects', 1) is None and getattr(args, 'data', None) in ('phantom', 'ixi-tiny'):
+        args.n_subjects = 24 if args.data == 'phantom' else 80
     try: return int(args.func(args) or 0)
     except _user_errors() as e:  # evaluated only when something was raised
         _err(f"fastmonai {args.command}: error: {_one_line(e)}"); return 2

@@ -61,24 +61,45 @@ class MedRandTransform(MedTransform):
     split_idx = 0
     deterministic = False
 
-# %% ../nbs/04_vision_augmentation.ipynb #a91adaf8
+# %% ../nbs/04_vision_augmentation.ipynb #b7a1c8f8
 class _ChannelWise(tio.IntensityTransform):
-    "Run an intensity transform on each channel of each image separately."
+    "Run an intensity transform on each channel of each image separately (the subject's label maps ride along)."
     def __init__(self, transform, **kwargs):
         super().__init__(**kwargs); self.transform = transform; self.args_names = ['transform']
     def apply_transform(self, subject):
+        labels = {k: v for k, v in subject.get_images_dict(intensity_only=False).items() if v.type == tio.LABEL}
         for name, image in self.get_images_dict(subject).items():
-            chans = [self.transform(tio.ScalarImage(tensor=image.data[c:c+1], affine=image.affine)).data
+            chans = [self.transform(tio.Subject({name: tio.ScalarImage(tensor=image.data[c:c+1], affine=image.affine), **labels}))[name].data
                      for c in range(image.data.shape[0])]
             image.set_data(torch.cat(chans))
         return subject
 
+_ANATOMICAL = ('Left', 'Right', 'Anterior', 'Posterior', 'Inferior', 'Superior')
+_MASK_ALIASES = {'label': 'mask'}
+def _names_mask(masking_method):
+    "Does `masking_method` name a label map of the subject (rather than work on the image alone)?"
+    return isinstance(masking_method, str) and masking_method.capitalize() not in _ANATOMICAL
+
+class _ZNorm(tio.ZNormalization):
+    "TorchIO `ZNormalization`; a named mask must be in the item ('label' = 'mask') and covers every channel."
+    name = 'ZNormalization' # prints as TorchIO's (the repr is part of cache keys)
+    def get_mask_from_masking_method(self, masking_method, subject, tensor, labels=None):
+        if not _names_mask(masking_method): return super().get_mask_from_masking_method(masking_method, subject, tensor, labels)
+        name = _MASK_ALIASES.get(masking_method, masking_method)
+        if name not in subject or subject[name].type != tio.LABEL:
+            raise ValueError(f"ZNormalization(masking_method={masking_method!r}) needs the item's mask {name!r}, but the item has "
+                             f"{list(subject.keys())}: it runs on (image, mask) items, not on an image alone")
+        m = subject[name].data.bool()
+        if m.shape[0] != tensor.shape[0]: m = m.any(0, keepdim=True).expand(tensor.shape[0], *m.shape[1:])
+        return m
+
 class ZNormalization(MedTransform):
-    "Zero mean, unit standard deviation (TorchIO `ZNormalization`)."
-    def __init__(self, masking_method=None, # None, a label name, or a callable as in TorchIO
+    "Zero mean, unit standard deviation (TorchIO `ZNormalization`), optionally over a mask's voxels only."
+    def __init__(self, masking_method=None, # None (all voxels), 'mask'/'label' (the item's mask), a callable or an anatomical half
                  channel_wise: bool=True): # normalise each channel on its own
-        t = tio.ZNormalization(masking_method=masking_method)
+        t = _ZNorm(masking_method=masking_method)
         self.masking_method, self.channel_wise = masking_method, channel_wise
+        self.per_item = not _names_mask(masking_method) # a named mask exists only in whole items
         super().__init__(_ChannelWise(t) if channel_wise else t)
 
 class RescaleIntensity(MedTransform):

@@ -97,11 +97,20 @@ def transform_from_config(d: dict) -> MedTransform:
         raise ValueError(f"unknown transform {name!r}: allowed are {', '.join(sorted(TRANSFORMS))} (see `register_transform`)")
     return TRANSFORMS[name](**d.get('kwargs', {}))
 
-# %% ../nbs/14_vision_export.ipynb #f9612560
+# %% ../nbs/14_vision_export.ipynb #127406ed
 def _medreader(tfms, dtype=None):
     from fastMONAI.vision_data import MedReader
     return next((f for f in tfms if isinstance(f, MedReader) and (dtype is None or issubclass(f.dtype, dtype))), None)
 
+
+def _check_repeatable(tfms) -> list:
+    "`tfms`, after checking that none of them needs the label mask (which a new scan does not have)."
+    for t in tfms:
+        if not getattr(t, 'per_item', True):
+            raise ValueError(f"{t!r} uses each item's label mask, which a new scan does not have, so a saved model "
+                             "cannot repeat it at inference; train with a transform that needs only the image "
+                             "(e.g. ZNormalization() or an intensity-based mask) or pass item_tfms= to save_model")
+    return tfms
 
 def learner_settings(dls) -> dict:
     "Task, reorder, resample, deterministic item transforms and vocabulary of fastai `DataLoaders` made with `MedDataBlock`."
@@ -109,13 +118,14 @@ def learner_settings(dls) -> dict:
     if getattr(dls, 'patch_config', None) is not None:  # vision_patch.MedPatchDataLoaders
         pc = dls.patch_config
         return dict(task='segmentation', reorder=bool(pc.reorder), resample=pc.resample, patch_config=pc,
-                    item_tfms=[t for t in getattr(dls, 'pre_patch_tfms', []) if isinstance(t, MedTransform) and t.deterministic])
+                    item_tfms=_check_repeatable([t for t in getattr(dls, 'pre_patch_tfms', []) if isinstance(t, MedTransform) and t.deterministic]))
     tls = dls.train_ds.tls
     if dls.n_inp != 1: raise ValueError(f"saving models with {dls.n_inp} inputs is not supported (stack channels in one MedImage)")
     reader = _medreader(tls[0].tfms, MedImage)
     if reader is None: raise ValueError("the input is not read by `MedReader` (use `MedDataBlock`); pass reorder=, resample=, item_tfms=")
     tfms = list(reader.tfms) + [t for t in dls.train.after_item.fs if isinstance(t, MedTransform) and t.deterministic]
-    res = dict(reorder=bool(reader.reorder), resample=list(reader.resample) if reader.resample is not None else None, item_tfms=tfms)
+    res = dict(reorder=bool(reader.reorder), resample=list(reader.resample) if reader.resample is not None else None,
+               item_tfms=_check_repeatable(tfms))
     ytfms = tls[1].tfms if len(tls) > 1 else []
     cat = next((f for f in ytfms if isinstance(f, (Categorize, MultiCategorize))), None)
     if _medreader(ytfms, MedMask) is not None: res['task'] = 'segmentation'

@@ -20,7 +20,7 @@ from .vision_core import MedBase, MedMask, affine_spacing, affine_orientation, m
 # %% auto #0
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_sensitivity',
            'multi_sensitivity', 'binary_precision', 'multi_precision', 'calculate_dsc', 'calculate_hd95',
-           'calculate_assd', 'calculate_nsd', 'SegmentationMetric', 'evaluate_segmentations']
+           'calculate_assd', 'calculate_nsd', 'SegmentationMetric', 'KeepTargetTypes', 'evaluate_segmentations']
 
 # %% ../nbs/06_vision_metrics.ipynb #fcbce555
 def _match_target(act, targ):
@@ -218,6 +218,30 @@ binary_sensitivity = SegmentationMetric(_sensitivity, 'binary_sensitivity')
 multi_sensitivity = SegmentationMetric(_sensitivity, 'multi_sensitivity', multi=True)
 binary_precision = SegmentationMetric(_precision, 'binary_precision')
 multi_precision = SegmentationMetric(_precision, 'multi_precision', multi=True)
+
+# %% ../nbs/06_vision_metrics.ipynb #82970adf
+from fastai.callback.core import Callback
+from fastcore.basics import defaults
+
+class KeepTargetTypes(Callback):
+    "Restore the targets' fastMONAI types (and geometry) after fastai's `CastToTensor`, so `get_preds` keeps them."
+    order = -1 # before `CastToTensor` (9) in `before_batch`, before the prediction gatherer (0) in `after_batch`
+    def before_batch(self): self.types = [type(y) for y in self.learn.yb]
+    def after_batch(self):
+        types = getattr(self, 'types', None)
+        if not types or len(types) != len(self.learn.yb): return
+        self.learn.yb = tuple(_as_type(y, t) if isinstance(t, type) and issubclass(t, MedBase) and type(y) is torch.Tensor else y
+                              for y, t in zip(self.learn.yb, types))
+
+def _as_type(y: torch.Tensor, t: type) -> torch.Tensor:
+    "`y` as a `t` (same memory), with the attributes `CastToTensor` kept on it."
+    res = y.as_subclass(t)
+    res.__dict__.update(y.__dict__)
+    return res
+
+# registered once, by the library module (running this notebook's cells must not register a copy)
+if __name__ != '__main__' and not any(getattr(c, '__name__', '') == 'KeepTargetTypes' for c in defaults.callbacks):
+    defaults.callbacks.append(KeepTargetTypes)
 
 # %% ../nbs/06_vision_metrics.ipynb #6c355904
 def _path_list(paths) -> list: return [paths] if isinstance(paths, (str, Path)) else list(paths)
