@@ -70,7 +70,7 @@ class MedReader(DisplayedTransform):
 
 def _is_reader_fn(f, cls): return getattr(f, '__func__', None) is MedBase.create.__func__ and getattr(f, '__self__', None) is cls
 
-# %% ../nbs/07_vision_data.ipynb #3d71c266
+# %% ../nbs/07_vision_data.ipynb #6368da24
 def MedMaskBlock():
     "A `TransformBlock` for label volumes read as `MedMask`."
     return TransformBlock(type_tfms=MedMask.create)
@@ -108,7 +108,7 @@ class MedDataBlock(DataBlock):
         prefix, rest = split_item_tfms(item_tfms)
         self.prefix_tfms = prefix
         from fastMONAI.vision_cache import get_cache   # (vision_cache comes later in the dependency order)
-        cache = get_cache(cache)
+        self.cache = cache = get_cache(cache)
         batch_tfms = list(L(batch_tfms)) + [AttachGeometry()]
         super().__init__(blocks=blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=rest,
                          batch_tfms=batch_tfms, **kwargs)
@@ -123,6 +123,12 @@ class MedDataBlock(DataBlock):
                 new.append(f)
             self.type_tfms[i] = L(new)
         if prefix and not self.readers: self.item_tfms = L(prefix) + self.item_tfms
+
+    def dataloaders(self, source, path='.', verbose=False, **kwargs):
+        "fastai's `DataBlock.dataloaders`; with the cache on and at most two CPU cores, `num_workers` defaults to 0."
+        if 'num_workers' not in kwargs and self.cache is not None and self.readers and (os.cpu_count() or 1) <= 2:
+            kwargs['num_workers'] = 0
+        return super().dataloaders(source, path=path, verbose=verbose, **kwargs)
 
 # %% ../nbs/07_vision_data.ipynb #042cc268
 class PathColReader(ColReader):
