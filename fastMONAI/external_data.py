@@ -214,14 +214,20 @@ def _fetch(name: str, # upstream file name (a key of `DATA_SOURCES`)
         if part.exists(): part.unlink()
     return dest
 
-# %% ../nbs/09_external_data.ipynb #3bb36805
+# %% ../nbs/09_external_data.ipynb #f4c4cf14
 _DONE = '.fastmonai_complete.json'
 
 def _write_csv(df: pd.DataFrame, path: Path): atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 def _write_json(obj: dict, path: Path): atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 def _file_counts(folder: Path, outputs) -> dict:
-    return {o: sum(1 for p in (folder/o).rglob('*') if p.is_file()) for o in outputs if (folder/o).is_dir()}
+    "Number of files and their total bytes in each output folder (a missing or truncated file changes them)."
+    res = {}
+    for o in outputs:
+        if (folder/o).is_dir():
+            sizes = [p.stat().st_size for p in (folder/o).rglob('*') if p.is_file()]
+            res[o] = [len(sizes), sum(sizes)]
+    return res
 
 def _remove(path: Path):
     if path.is_dir() and not path.is_symlink(): shutil.rmtree(path)
