@@ -55,7 +55,7 @@ def data_source(name: str # upstream file name, a key of `DATA_SOURCES` (e.g. 'n
     if name not in DATA_SOURCES: raise KeyError(f"{name}: no upstream source known (known: {', '.join(DATA_SOURCES)})")
     return DATA_SOURCES[name]['url'], DATA_SOURCES[name].get('md5')
 
-# %% ../nbs/09_external_data.ipynb #137f4cd8
+# %% ../nbs/09_external_data.ipynb #cd6f840f
 def _unsafe_reason(name: str, link: str|None=None, hardlink: bool=False) -> str|None:
     "Why an archive member `name` (a link to `link`, when given) would escape its target folder; None if safe."
     path = PurePosixPath(name.replace('\\', '/'))
@@ -138,6 +138,11 @@ def _safe_extract(archive, # a .zip, .npz or .tar (possibly compressed) file
     except Exception as e: raise DownloadError(f"{archive}: cannot be unpacked ({type(e).__name__}: {e})") from e
     return dest
 
+def _quiet():
+    "A log file for xlrd, which prints its own warnings (\"File is truncated\") to stdout; our errors report them."
+    import io
+    return io.StringIO()
+
 def _verify_archive(path, # the file to check (may carry a temporary name)
                     name: str, # its upstream name, which says the format
                     origin): # what to name in errors (address or file)
@@ -153,7 +158,7 @@ def _verify_archive(path, # the file to check (may carry a temporary name)
                 for m in _check_tar(t, origin):
                     if m.isfile() and m.offset_data + m.size > size: raise ValueError(f'member {m.name} is cut short')
         elif name.endswith('.xls'):
-            xlrd.open_workbook(str(path), on_demand=True).release_resources()
+            xlrd.open_workbook(str(path), on_demand=True, logfile=_quiet()).release_resources()   # our error says it
     except DownloadError: raise
     except Exception as e:
         raise DownloadError(f"{origin}: {name} is corrupt or truncated ({type(e).__name__}: {e})") from e
@@ -341,7 +346,7 @@ def download_NoduleMNIST3D(path='../data', # folder that receives `NoduleMNIST3D
     for df in (train_val_df, test_df): df['labels'] = df['labels'].map({0: 'b', 1: 'm'})
     return train_val_df, test_df
 
-# %% ../nbs/09_external_data.ipynb #ff81be82
+# %% ../nbs/09_external_data.ipynb #89683404
 def _ixi_subject(file_name: str, archive) -> str:
     "`'IXI002'` from `'IXI002-Guys-0828-T1.nii.gz'`."
     m = re.match(r'IXI(\d+)', file_name)
@@ -351,7 +356,7 @@ def _ixi_subject(file_name: str, archive) -> str:
 def _read_ixi_demographics(xls: Path) -> pd.DataFrame:
     "`subject_id, gender ('M'/'F'), age_at_scan` per subject from the IXI sheet."
     try:
-        sheet = xlrd.open_workbook(str(xls)).sheet_by_index(0)
+        sheet = xlrd.open_workbook(str(xls), logfile=_quiet()).sheet_by_index(0)
         rows = [sheet.row_values(i) for i in range(sheet.nrows)]
         raw = pd.DataFrame(rows[1:], columns=[str(c).strip() for c in rows[0]])
     except Exception as e: raise DownloadError(f"{xls}: cannot be read as the IXI demographics sheet ({type(e).__name__}: {e})") from e
