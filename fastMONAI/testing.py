@@ -86,7 +86,7 @@ def make_phantom(shape=(24, 24, 24), # spatial shape (voxel order)
     image = image + 0.2 * np.sin(world[0] / 20)  # a gentle bias field
     return image.astype(np.float32), mask, affine
 
-# %% ../nbs/00_testing.ipynb #4f7159d9
+# %% ../nbs/00_testing.ipynb #7b3465b7
 def affine_to_sitk(affine):
     "SimpleITK `(spacing, origin, direction)` (LPS world) from a 4x4 RAS affine."
     lps = np.diag([-1., -1., 1., 1.]) @ np.asarray(affine, float)
@@ -131,7 +131,8 @@ def write_dicom_series(folder, data: np.ndarray, affine: np.ndarray,
                            ('0020|000e', series_uid), ('0020|0013', str(k + 1)),
                            ('0020|0032', '\\'.join(f'{v:.6f}' for v in pos)),
                            ('0020|0037', '\\'.join(f'{v:.6f}' for v in list(direction[:, 0]) + list(direction[:, 1]))),
-                           ('0028|0030', f'{sp[1]:.6f}\\{sp[0]:.6f}'), ('0018|0050', f'{sp[2]:.6f}')]:
+                           ('0028|0030', f'{sp[1]:.6f}\\{sp[0]:.6f}'), ('0018|0050', f'{sp[2]:.6f}'),
+                           ('0018|0088', f'{sp[2]:.6f}'), ('0020|0052', series_uid + '.0')]:   # slice spacing, frame of reference
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f'{prefix}_{k:04d}.dcm')); writer.Execute(sl)
     return folder

@@ -7,7 +7,7 @@ Docs: https://fastmonai.github.io/fastMONAI/vision_all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/22_vision_all.ipynb #c059c941
+# %% ../nbs/22_vision_all.ipynb #2f344f1b
 from fastai.vision.all import *
 from monai.networks.nets import BasicUNet, UNet, AttentionUnet, SegResNet, Classifier, Regressor, DenseNet121
 from monai.losses import DiceLoss, DiceCELoss, DiceFocalLoss, FocalLoss, TverskyLoss, GeneralizedDiceLoss
@@ -17,6 +17,7 @@ from .vision_plot import *
 from .vision_core import *
 from .vision_plan import *
 from .dataset_info import *
+from .vision_dicom import *
 from .vision_predict import *
 from .vision_export import *
 from .vision_augmentation import *
@@ -25,8 +26,11 @@ from .vision_loss import *
 from .vision_metrics import *
 from .vision_cache import *
 from .vision_show import *
+from .vision_viewer import *
 from .vision_data import *
 from .vision_learner import *
+from .vision_training import *
+from .vision_tracking import *
 from .vision_inference import *
 from .vision_patch import *
 from .external_data import *

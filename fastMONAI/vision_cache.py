@@ -22,17 +22,17 @@ from .vision_io import atomic_write
 from .vision_core import MedBase, MedImage, MedMask, as_tensor
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT_VERSION', 'DEFAULT_MAX_DISK_BYTES', 'file_identity', 'cache_key', 'MemoryLRU', 'default_cache_dir',
-           'VolumeCache', 'default_cache', 'get_cache', 'fill_cache']
+__all__ = ['CACHE_FORMAT_VERSION', 'DEFAULT_MAX_DISK_BYTES', 'data_files', 'file_identity', 'cache_key', 'MemoryLRU',
+           'default_cache_dir', 'VolumeCache', 'default_cache', 'get_cache', 'fill_cache']
 
-# %% ../nbs/13_vision_cache.ipynb #8ee5924c
+# %% ../nbs/13_vision_cache.ipynb #d5e81f98
 CACHE_FORMAT_VERSION = 2 # 2: reader settings from the plan record
 
 def _stat_entry(p: Path) -> list:
     st = p.stat()
     return [str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
-def _data_files(p: Path) -> list:
+def data_files(p: Path) -> list:
     "The files holding the voxels of a detached header (`.mhd`, `.nhdr`, `.hdr`); [] for anything else."
     name = p.name.lower()
     if name.endswith('.hdr'): return [q for q in (p.with_suffix('.img'), p.with_suffix('.IMG')) if q.exists()][:1]
@@ -55,7 +55,7 @@ def file_identity(o) -> list:
     for p in (list(o) if isinstance(o, (list, tuple)) else [o]):
         p = Path(p)
         if p.is_dir(): res.append([str(p.resolve()), [_stat_entry(c) for c in sorted(p.iterdir()) if c.is_file()]])
-        else: res.append(_stat_entry(p) + [_stat_entry(q) for q in _data_files(p)])
+        else: res.append(_stat_entry(p) + [_stat_entry(q) for q in data_files(p)])
     return res
 
 def cache_key(o, # what the reader reads: a path, a DICOM folder or a list of paths

@@ -21,10 +21,11 @@ from .vision_predict import logits_to_mask
 
 # %% auto #0
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_sensitivity',
-           'multi_sensitivity', 'binary_precision', 'multi_precision', 'calculate_dsc', 'calculate_hd95',
-           'calculate_assd', 'calculate_nsd', 'SegmentationMetric', 'KeepTargetTypes', 'evaluate_segmentations']
+           'multi_sensitivity', 'binary_precision', 'multi_precision', 'binary_masks', 'multiclass_masks',
+           'calculate_dsc', 'calculate_hd95', 'calculate_assd', 'calculate_nsd', 'SegmentationMetric',
+           'KeepTargetTypes', 'evaluate_segmentations']
 
-# %% ../nbs/12_vision_metrics.ipynb #b93fa16e
+# %% ../nbs/12_vision_metrics.ipynb #5e39f5e2
 def _match_target(act, targ):
     "Plain `(act [B, C, X, Y, Z], targ [B, 1, X, Y, Z])`, with a clear error when the shapes disagree."
     act, targ = as_tensor(act), as_tensor(targ)
@@ -34,13 +35,13 @@ def _match_target(act, targ):
         raise ValueError(f"target shape {tuple(targ.shape)} does not match logits {tuple(act.shape)}: expected [B, 1, X, Y, Z]")
     return act, targ
 
-def _binary_masks(act, targ):
+def binary_masks(act, targ):
     "Foreground masks `[B, 1, X, Y, Z]` (0/1 floats): logits by sigmoid ≥ 0.5 (one channel) or argmax > 0; target label > 0."
     act, targ = _match_target(act, targ)
     pred = logits_to_mask(act, dim=1) > 0   # one channel: sigmoid ≥ 0.5; several: argmax not background
     return pred.float(), (targ > 0.5).float()
 
-def _multiclass_masks(act, targ):
+def multiclass_masks(act, targ):
     "One-hot foreground masks `[B, C-1, X, Y, Z]` (background dropped) of the logits' argmax and of the label target."
     act, targ = _match_target(act, targ)
     n = act.shape[1]
@@ -165,7 +166,7 @@ def calculate_nsd(pred, # predicted binary mask(s): [X, Y, Z], [1, X, Y, Z] or [
     p, t, sp = _mask_pair(pred, targ, spacing)
     return _nsd(p, t, sp, tolerance)[:, 0]
 
-# %% ../nbs/12_vision_metrics.ipynb #4aa89f1e
+# %% ../nbs/12_vision_metrics.ipynb #eea6df98
 class SegmentationMetric(Metric):
     "A fastai `Metric` averaging per-item values over the validation set (NaN skipped), also callable as `metric(act, targ)`."
     def __init__(self, score_func, # `score_func(pred_masks, targ_masks, spacings)` → values `[B, K]`
@@ -181,7 +182,7 @@ class SegmentationMetric(Metric):
                     spacing=None) -> torch.Tensor: # voxel size override (one number, three, or per item)
         "One value per item and foreground class, `[B, K]` (K = 1 for binary metrics)."
         with torch.no_grad():
-            pred_masks, targ_masks = (_multiclass_masks if self.multi else _binary_masks)(act, targ)
+            pred_masks, targ_masks = (multiclass_masks if self.multi else binary_masks)(act, targ)
             spacings = _item_spacings(spacing if spacing is not None else _target_spacings(targ), pred_masks.shape[0])
             return self.score_func(pred_masks, targ_masks, spacings).float().cpu()
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 
 # %% auto #0
-__all__ = ['to_ras_view', 'get_slice', 'show_med_img', 'show_mask_overlay', 'largest_slice']
+__all__ = ['PLANE_AXES', 'to_ras_view', 'get_slice', 'show_med_img', 'show_mask_overlay', 'largest_slice']
 
 # %% ../nbs/03_vision_plot.ipynb #e0e2e44f
 def to_ras_view(data: np.ndarray, # spatial array [X, Y, Z] in voxel order
@@ -30,8 +30,8 @@ def to_ras_view(data: np.ndarray, # spatial array [X, Y, Z] in voxel order
     for i,(axis,_) in enumerate(ornt): ras_spacing[int(axis)] = spacing[i]
     return data, tuple(float(s) for s in ras_spacing)
 
-# %% ../nbs/03_vision_plot.ipynb #596b129d
-_PLANE_AXES = {0: (1, 2), 1: (0, 2), 2: (0, 1)} # in-plane RAS axes (columns, rows) of each plane
+# %% ../nbs/03_vision_plot.ipynb #710b4284
+PLANE_AXES = {0: (1, 2), 1: (0, 2), 2: (0, 1)} # in-plane RAS axes (columns, rows) of each anatomical plane
 
 def get_slice(data: np.ndarray, # spatial array [X, Y, Z] in RAS
               anatomical_plane: int=0, # 0 sagittal, 1 coronal, 2 axial
@@ -39,12 +39,12 @@ def get_slice(data: np.ndarray, # spatial array [X, Y, Z] in RAS
               spacing=(1.,1.,1.), # voxel size in mm, RAS order
              ):
     "Return `(slice2d, aspect)`: a 2D array in radiological display order and its pixel aspect ratio."
-    if anatomical_plane not in _PLANE_AXES: raise ValueError(f"anatomical_plane must be 0, 1 or 2, not {anatomical_plane}")
+    if anatomical_plane not in PLANE_AXES: raise ValueError(f"anatomical_plane must be 0, 1 or 2, not {anatomical_plane}")
     n = data.shape[anatomical_plane]
     if slice_index is None: slice_index = n // 2
     if not -n <= slice_index < n: raise IndexError(f"slice_index {slice_index} is out of range for {n} slices in plane {anatomical_plane}")
     s = np.take(data, slice_index, axis=anatomical_plane)
-    col_axis, row_axis = _PLANE_AXES[anatomical_plane]
+    col_axis, row_axis = PLANE_AXES[anatomical_plane]
     # rows: the second in-plane axis, largest (anterior/superior) at the top;
     # columns: the first, largest (right/anterior) on the left of the screen
     s = s.T[::-1, ::-1]
