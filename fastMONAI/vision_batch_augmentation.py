@@ -17,7 +17,7 @@ from .vision_core import MedBase, MedMask, as_tensor
 # %% auto #0
 __all__ = ['BatchTransform', 'rotation_matrices', 'affine_matrices', 'affine_grid_3d', 'warp_batch', 'BatchRandomAffine',
            'BatchRandomFlip', 'BatchIntensityTransform', 'BatchRandomNoise', 'BatchRandomGamma',
-           'BatchRandomIntensityScale']
+           'BatchRandomIntensityScale', 'gpu_patch_augmentations']
 
 # %% ../nbs/10_vision_batch_augmentation.ipynb #362df52a
 def _rewrap(t: torch.Tensor, like: MedBase):
@@ -54,7 +54,7 @@ class BatchTransform(ItemTransform):
         res = self.apply(p, x, params)
         return x if res is p else _rewrap(res, x)
 
-# %% ../nbs/10_vision_batch_augmentation.ipynb #b91c2055
+# %% ../nbs/10_vision_batch_augmentation.ipynb #2ae7ff57
 def _range(v, centre=0.):
     "A number `v` as the range (centre - v, centre + v); a pair as itself."
     if np.isscalar(v): return (centre - float(v), centre + float(v))
@@ -75,14 +75,16 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
 
 def affine_matrices(n: int, # number of items
                     scales=0., # scaling factors drawn in 1 ± scales (or a (lo, hi) pair of factors)
-                    degrees=10., # rotation angles drawn in ± degrees (or a (lo, hi) pair), about each axis
+                    degrees=10., # rotation angles drawn in ± degrees (or a (lo, hi) pair) about each axis, or three numbers: ± per axis
                     translation=0., # shifts in mm drawn in ± translation (or a (lo, hi) pair)
                     isotropic: bool=False, # one scaling factor for the three axes
                    ) -> tuple:
     "Random `(matrices [n, 3, 3], shifts_mm [n, 3])` in millimetre space (float64, CPU generator)."
     lo, hi = _range(scales, 1.) if np.isscalar(scales) else _range(scales)
     factors = _uniform(n, (lo, hi), 1 if isotropic else 3).expand(n, 3)
-    angles = _uniform(n, _range(degrees)) * math.pi / 180
+    if not np.isscalar(degrees) and len(degrees) == 3:   # one range per axis (e.g. in-plane rotation only)
+        angles = torch.cat([_uniform(n, _range(d), 1) for d in degrees], 1) * math.pi / 180
+    else: angles = _uniform(n, _range(degrees)) * math.pi / 180
     shifts = _uniform(n, _range(translation))
     return rotation_matrices(angles) @ torch.diag_embed(factors), shifts
 
@@ -217,3 +219,19 @@ class BatchRandomIntensityScale(BatchIntensityTransform):
                  p: float=0.5):
         super().__init__(p); self.range = tuple(scale_range)
     def change(self, x, v): return x * v
+
+# %% ../nbs/10_vision_batch_augmentation.ipynb #b25d61d3
+def gpu_patch_augmentations(patch_size, # patch shape in voxels (three ints, or one)
+                            target_spacing=None, # voxel spacing in mm the patches are at (one number or three)
+                            p: float=0.5, # probability of each spatial transform per item
+                            intensity: bool=True) -> list: # also add noise, gamma and brightness changes
+    "Batch augmentations for patches of `patch_size` at `target_spacing`: rotation/scaling, flips and intensity."
+    size = np.broadcast_to(np.asarray(patch_size, float), (3,))
+    spacing = np.ones(3) if target_spacing is None else np.broadcast_to(np.asarray(target_spacing, float), (3,))
+    flat = spacing.max() > 3 * spacing.min() or size.min() * 3 < size.max()
+    axis = int(np.argmax(spacing)) if spacing.max() > 3 * spacing.min() else int(np.argmin(size))
+    degrees = tuple(15. if (i == axis) else 0. for i in range(3)) if flat else 15.
+    tfms = [BatchRandomAffine(scales=(0.85, 1.25), degrees=degrees, p=p), BatchRandomFlip(p=0.5)]
+    if intensity: tfms += [BatchRandomNoise(std=(0., 0.1), p=0.1), BatchRandomGamma(log_gamma=(-0.35, 0.4), p=0.3),
+                           BatchRandomIntensityScale(scale_range=(0.75, 1.25), p=0.15)]
+    return tfms

@@ -89,7 +89,7 @@ class SourceGeometry:
         return (isinstance(other, SourceGeometry) and self.path == other.path and self.shape == other.shape
                 and self.reordered_shape == other.reordered_shape and np.allclose(self.affine, other.affine))
 
-# %% ../nbs/01_vision_geometry.ipynb #b35723a1
+# %% ../nbs/01_vision_geometry.ipynb #042aac01
 def reorder_resample(img: tio.Image, # a TorchIO image
                      reorder: bool=False, # reorder to canonical RAS+
                      target_spacing=None, # voxel spacing in mm (one number or three), or None
@@ -98,7 +98,9 @@ def reorder_resample(img: tio.Image, # a TorchIO image
     "Reorder (to RAS+) then resample a TorchIO image; returns `(image, shape_after_reorder)`."
     if reorder: img = tio.ToCanonical(copy=copy)(img)
     reordered_shape = tuple(img.spatial_shape)
-    if target_spacing is not None: img = tio.Resample(as_spacing(target_spacing), copy=copy)(img)
+    target_spacing = as_spacing(target_spacing)
+    if target_spacing is not None and affine_spacing(img.affine) != target_spacing:   # (already there: TorchIO would copy it)
+        img = tio.Resample(target_spacing, copy=copy)(img)
     return img, reordered_shape
 
 def canonical_geometry(shape, # spatial shape on disk
