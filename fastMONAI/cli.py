@@ -12,12 +12,17 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['CLIError', 'cmd_info', 'is_dicom_folder', 'expand_inputs', 'predict_files', 'cmd_predict', 'load_train_config',
-           'check_train_config', 'train_from_config', 'cmd_train', 'cmd_quickstart', 'build_parser', 'main']
+__all__ = ['CLIError', 'TrainingError', 'cmd_info', 'is_dicom_folder', 'expand_inputs', 'predict_files', 'cmd_predict',
+           'load_train_config', 'check_train_config', 'train_from_config', 'TrainingGuard', 'check_trained',
+           'cmd_train', 'cmd_quickstart', 'build_parser', 'main']
 
-# %% ../nbs/21_cli.ipynb #c624685c
+# %% ../nbs/21_cli.ipynb #2e640a09
 class CLIError(Exception):
     "A usage error: printed as one line, exit status 2."
+    pass
+
+class TrainingError(Exception):
+    "Training ran but did not train (a NaN loss, no training step): printed as one line, exit status 1, no model saved."
     pass
 
 def _say(*args): print(*args, flush=True)
@@ -33,7 +38,7 @@ def _one_line(e: BaseException) -> str:
     "The message of `e` on one line (its type name when it has none)."
     return ' '.join(str(e).split()) or type(e).__name__
 
-# %% ../nbs/21_cli.ipynb #7540f5b6
+# %% ../nbs/21_cli.ipynb #02337fd2
 def cmd_info(args) -> int:
     "Print a `MedDataset` summary and suggestions for the folder `args.path`."
     import warnings
@@ -55,6 +60,9 @@ def cmd_info(args) -> int:
         size = MedDataset(img_list=list(ds.df.path), reorder=reorder, max_workers=args.workers).get_largest_img_size(resample=resample)
     _say(f"suggested: reorder={reorder}, resample={[round(float(s), 4) for s in resample]} "
          f"(largest size after resampling: {size})")
+    if len(ds.failed_files):
+        _err(f"fastmonai info: {len(ds.failed_files)} of {len(ds) + len(ds.failed_files)} files in {folder} could not be read (listed above)")
+        return 1
     return 0
 
 # %% ../nbs/21_cli.ipynb #ca690364
@@ -144,31 +152,51 @@ def cmd_predict(args) -> int:
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
 
-# %% ../nbs/21_cli.ipynb #8026e4c2
+# %% ../nbs/21_cli.ipynb #78e010c8
 _TRAIN_DEFAULTS = dict(valid_col=None, valid_pct=0.2, seed=42, reorder=False, resample=None, item_tfms=[], arch=None,
                        arch_kwargs=None, n_classes=2, epochs=5, lr=1e-3, bs=4, output='model', overwrite=False, cache=True)
 _TRAIN_KEYS = set(_TRAIN_DEFAULTS) | {'task', 'data', 'image_col', 'label_col'}
 
-def load_train_config(path) -> dict:
-    "Read and check a training config (JSON); relative paths become relative to the config's folder."
+def _train_types() -> dict:
+    "What each key of a training config holds (`vision_export.JSONType`s; imported here so `--help` stays fast)."
+    from fastMONAI.vision_export import JSONType, json_types as T
+    fraction = JSONType(lambda v: T.positive(v) and v < 1, 'a number between 0 and 1 (exclusive)')
+    return dict(task=JSONType(lambda v: v in ('segmentation', 'classification', 'regression'),
+                              "'segmentation', 'classification' or 'regression'"),
+                data=T.name, image_col=T.name, label_col=T.name, valid_col=T.name.or_null(), valid_pct=fraction, seed=T.int,
+                reorder=T.bool, resample=T.spacing.or_null(),
+                item_tfms=JSONType(lambda v: isinstance(v, dict) and isinstance(v.get('name'), str), 'a transform {"name": ..., ...}').list(),
+                arch=T.name.or_null(), arch_kwargs=T.dict.or_null(), n_classes=JSONType(lambda v: T.int(v) and v >= 2, 'an integer ≥ 2'),
+                epochs=T.positive_int, lr=T.positive, bs=T.positive_int, output=T.name, overwrite=T.bool, cache=T.bool)
+
+def _read_json_config(path) -> dict:
     path = Path(path)
     if not path.is_file(): raise CLIError(f"{path}: no such config file")
     try: cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise CLIError(f"{path}: is not valid JSON ({e})") from e
-    return check_train_config(cfg, base=path.parent, where=str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CLIError(f"{path}: is not valid JSON ({e})") from e
+    if not isinstance(cfg, dict): raise CLIError(f"{path}: a training config is a JSON object, not {type(cfg).__name__}")
+    return cfg
+
+def load_train_config(path) -> dict:
+    "Read and check a training config (JSON); relative paths become relative to the config's folder."
+    return check_train_config(_read_json_config(path), base=Path(path).parent, where=str(path))
 
 def check_train_config(cfg: dict, base=None, where: str='config') -> dict:
-    "Fill in defaults and check a training config dict."
+    "Fill in defaults and check a training config dict: keys, types, ranges, the CSV and the architecture's arguments."
+    from fastMONAI.vision_export import check_json_types, check_arch_kwargs
     unknown = set(cfg) - _TRAIN_KEYS
     if unknown: raise CLIError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_TRAIN_KEYS)})")
     missing = [k for k in ('task', 'data', 'image_col', 'label_col') if k not in cfg]
     if missing: raise CLIError(f"{where}: missing keys {missing}")
     cfg = {**_TRAIN_DEFAULTS, **cfg}
-    if cfg['task'] not in ('segmentation', 'classification', 'regression'):
-        raise CLIError(f"{where}: task must be 'segmentation', 'classification' or 'regression', not {cfg['task']!r}")
-    base = Path(base) if base is not None else Path('.')
+    try:
+        check_json_types(cfg, _train_types(), where)
+        if cfg['arch'] is not None: check_arch_kwargs(cfg['arch'], cfg['arch_kwargs'] or {}, where=f"{where}: arch_kwargs")
+    except ValueError as e: raise CLIError(str(e)) from e
+    base = (Path(base) if base is not None else Path('.')).absolute()
     for k in ('data', 'output'):
         cfg[k] = str(Path(cfg[k]) if Path(cfg[k]).is_absolute() else base/cfg[k])
+    if not Path(cfg['data']).is_file(): raise CLIError(f"{where}: data: {cfg['data']}: no such CSV file")
     return cfg
 
 def _transform(spec: dict):
@@ -188,10 +216,26 @@ def _read_table(cfg) -> pd.DataFrame:
     cols = [cfg['image_col'], cfg['label_col']] + ([cfg['valid_col']] if cfg['valid_col'] else [])
     missing = [c for c in cols if c not in df.columns]
     if missing: raise CLIError(f"{csv}: no column(s) {missing} (columns: {list(df.columns)})")
+    if len(df) == 0: raise CLIError(f"{csv}: has no rows")
     path_cols = [cfg['image_col']] + ([cfg['label_col']] if cfg['task'] == 'segmentation' else [])
     for c in path_cols:
+        if df[c].isna().any(): raise CLIError(f"{csv}: column {c!r} is empty in row(s) {list(np.flatnonzero(df[c].isna()))[:5]}")
         df[c] = [str(p) if Path(p).is_absolute() else str(csv.parent/p) for p in df[c]]
+        gone = [p for p in df[c] if not Path(p).exists()]
+        if gone: raise FileNotFoundError(f"{gone[0]}: no such file (listed in {csv}, column {c!r}; {len(gone)} missing in all)")
     return df
+
+def _split_sizes(cfg, df, splitter) -> tuple:
+    "Training and validation counts of the split, checked before anything is read: both non-empty, `bs` ≤ training items."
+    try: train, valid = splitter(df)
+    except Exception as e: raise CLIError(f"{cfg['data']}: cannot split the rows ({type(e).__name__}: {e})") from e
+    if len(valid) == 0 or len(train) == 0:
+        raise CLIError(f"{cfg['data']}: {len(df)} rows give {len(train)} training and {len(valid)} validation "
+                       "items; both need at least one (more rows or another valid_pct)")
+    if cfg['bs'] > len(train):
+        raise CLIError(f"bs {cfg['bs']} is larger than the {len(train)} training items of {cfg['data']}: fastai drops the last "
+                       "incomplete batch, so nothing would be trained; lower bs")
+    return len(train), len(valid)
 
 def _default_arch(cfg, tfms, n_out):
     from fastMONAI.vision_augmentation import PadOrCrop
@@ -230,6 +274,7 @@ def train_from_config(cfg: dict, # a checked config (`check_train_config`)
     task = cfg['task']
     y_block = {'segmentation': MedMaskBlock, 'classification': CategoryBlock, 'regression': RegressionBlock}[task]
     splitter = ColSplitter(cfg['valid_col']) if cfg['valid_col'] else RandomSplitter(cfg['valid_pct'], seed=cfg['seed'])
+    _split_sizes(cfg, df, splitter)
     cache = None
     if cfg['cache']:
         from fastMONAI.vision_cache import VolumeCache
@@ -254,20 +299,47 @@ def train_from_config(cfg: dict, # a checked config (`check_train_config`)
     elif task == 'classification': loss, metrics = CrossEntropyLossFlat(), [accuracy]
     else: loss, metrics = MSELossFlat(), [mae]
     learn = Learner(dls, model, loss_func=loss, metrics=metrics)
+    guard = TrainingGuard()
     if quiet:
         with learn.no_bar():
             learn.logger = _EpochTable(learn)
-            learn.fit_one_cycle(cfg['epochs'], cfg['lr'])
-    else: learn.fit_one_cycle(cfg['epochs'], cfg['lr'])
+            learn.fit_one_cycle(cfg['epochs'], cfg['lr'], cbs=guard)
+    else: learn.fit_one_cycle(cfg['epochs'], cfg['lr'], cbs=guard)
+    check_trained(learn, guard, cfg['epochs'])
     folder = save_model(learn, cfg['output'], overwrite=cfg['overwrite'], metadata=dict(trained_with='fastmonai train'))
     return learn, folder
+
+def TrainingGuard():
+    "A fastai callback counting training steps and stopping the fit at the first loss that is not finite."
+    from fastai.callback.core import Callback, CancelFitException
+    class _TrainingGuard(Callback):
+        order = 0
+        def before_fit(self): self.steps, self.bad = 0, None
+        def after_batch(self):
+            if not self.training: return
+            loss = float(self.learn.loss)
+            if not np.isfinite(loss):
+                self.bad = f"the training loss became {loss} at epoch {self.epoch + 1}, step {self.iter + 1}"
+                raise CancelFitException()
+            self.steps += 1
+    return _TrainingGuard()
+
+def check_trained(learn, guard, epochs: int):
+    "Raise `TrainingError` unless the fit made training steps and every recorded loss is finite."
+    if guard.bad: raise TrainingError(f"{guard.bad}; training stopped and no model was saved (try a lower lr)")
+    if guard.steps == 0: raise TrainingError("no training step was made (no full batch in the training set); no model was saved")
+    values = [list(v)[:2] for v in learn.recorder.values]
+    if len(values) < epochs: raise TrainingError(f"training stopped after {len(values)} of {epochs} epochs; no model was saved")
+    bad = [(i + 1, v) for i, v in enumerate(values) if not all(np.isfinite(float(x)) for x in v)]
+    if bad: raise TrainingError(f"the loss was {bad[0][1]} (train, valid) at epoch {bad[0][0]}; no model was saved")
 
 def cmd_train(args) -> int:
     "Train from a JSON config and save a safe model folder."
     cfg = load_train_config(args.config)
     if args.epochs is not None: cfg['epochs'] = args.epochs
-    if args.output is not None: cfg['output'] = args.output
+    if args.output is not None: cfg['output'] = str(Path(args.output).absolute())   # relative to the working directory
     if args.overwrite: cfg['overwrite'] = True
+    cfg = check_train_config(cfg, base=Path(args.config).parent, where=f"{args.config} (with the command line's options)")
     if Path(cfg['output']).exists() and not cfg['overwrite']:
         raise CLIError(f"{cfg['output']}: already exists; use --overwrite or another output folder")
     learn, folder = train_from_config(cfg, quiet=args.quiet)
@@ -277,7 +349,7 @@ def cmd_train(args) -> int:
     _say(f"model saved to {folder}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #9833935b
+# %% ../nbs/21_cli.ipynb #2e3f5e0c
 def _dice(pred, targ) -> float:
     p, t = np.asarray(pred) > 0, np.asarray(targ) > 0
     return float(2 * (p & t).sum() / max(p.sum() + t.sum(), 1))
@@ -307,7 +379,7 @@ def _quickstart_data(args, out: Path) -> dict:
     ds = MedDataset(img_list=list(df.t1_path[:20]), reorder=True)
     resample, reorder = ds.suggestion()
     size = [int(np.ceil(s / 16) * 16) for s in MedDataset(img_list=list(df.t1_path[:20]), reorder=reorder).get_largest_img_size(resample=resample)]
-    return dict(task='segmentation', data=str(study/'dataset.csv'), image_col='t1_path', label_col='labels',
+    return dict(task='segmentation', data=str((study/'dataset.csv').relative_to(out)), image_col='t1_path', label_col='labels',
                 valid_pct=0.2, seed=args.seed, reorder=bool(reorder), resample=[float(r) for r in resample],
                 item_tfms=[dict(name='ZNormalization'), dict(name='PadOrCrop', size=size), dict(name='RandomFlip', p=0.5)],
                 arch='UNet', arch_kwargs=dict(spatial_dims=3, in_channels=1, out_channels=1, channels=[8, 16, 32, 64],
@@ -326,7 +398,7 @@ def cmd_quickstart(args) -> int:
     import matplotlib.pyplot as plt
     import torch
     from fastMONAI.vision_core import med_img_reader, MedMask
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out).absolute(); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     _say(f"fastMONAI quickstart: {args.data} data in {out/'data'}")
@@ -352,7 +424,17 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #0462342b
+# %% ../nbs/21_cli.ipynb #af918287
+def _int_at_least(low: int):
+    "An argparse type: an integer ≥ `low`."
+    def parse(text):
+        try: value = int(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low: raise argparse.ArgumentTypeError(f"must be an integer ≥ {low}, not {value}")
+        return value
+    parse.__name__ = f'integer ≥ {low}'
+    return parse
+
 def build_parser() -> argparse.ArgumentParser:
     "The `fastmonai` argument parser with its subcommands."
     p = argparse.ArgumentParser(prog='fastmonai', description='fastMONAI: deep learning on 3D medical images from the command line.')
@@ -362,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    'unreadable files, and suggested reorder/resample settings.')
     q.add_argument('path', metavar='DIR', help='folder of medical files or DICOM series folders')
     q.add_argument('--postfix', default='', help='only files whose name ends with this')
-    q.add_argument('--workers', type=int, default=1, help='threads reading headers')
+    q.add_argument('--workers', type=_int_at_least(1), default=1, help='threads reading headers')
     q.set_defaults(func=cmd_info)
     q = sub.add_parser('predict', help='predict scans with a saved model',
                        description='Predict each input with MODEL; writes OUTDIR/pred_<name>.nii.gz per scan '
@@ -378,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description='Train classification, regression or segmentation from a JSON config '
                                    '(see the fastMONAI cli docs for its keys) and save a safe model folder.')
     q.add_argument('config', metavar='CONFIG', help='the JSON training config')
-    q.add_argument('--epochs', type=int, default=None, help='override the number of epochs')
+    q.add_argument('--epochs', type=_int_at_least(1), default=None, help='override the number of epochs')
     q.add_argument('--output', default=None, help='override the output model folder')
     q.add_argument('--overwrite', action='store_true', help='replace an existing model folder')
     q.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -387,11 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description='Make phantom data (or download IXI Tiny), train a 3D UNet, and write a figure, '
                                    'a predicted NIfTI and a safe model to OUT.')
     q.add_argument('--out', default='fastmonai_quickstart', help='output folder')
-    q.add_argument('--epochs', type=int, default=None, help='epochs (default 10 for phantoms, 4 for IXI Tiny)')
+    q.add_argument('--epochs', type=_int_at_least(1), default=None, help='epochs (default 10 for phantoms, 4 for IXI Tiny)')
     q.add_argument('--data', choices=['phantom', 'ixi-tiny'], default='phantom', help='generated phantoms (offline) or IXI Tiny')
-    q.add_argument('--n-subjects', type=int, default=None,
+    q.add_argument('--n-subjects', type=_int_at_least(0), default=None,
                    help='number of subjects (default 24 phantoms, 80 of the 566 IXI Tiny brains: minutes on a CPU; 0 for all)')
-    q.add_argument('--size', type=int, default=32, help='phantom volume size in voxels')
+    q.add_argument('--size', type=_int_at_least(8), default=32, help='phantom volume size in voxels')
     q.add_argument('--seed', type=int, default=0, help='random seed')
     q.add_argument('--quiet', action='store_true', help='no progress bars')
     q.set_defaults(func=cmd_quickstart)
@@ -407,5 +489,6 @@ def main(argv=None) -> int: # arguments without the program name; default `sys.a
     if getattr(args, 'n_subjects', 1) is None and getattr(args, 'data', None) in ('phantom', 'ixi-tiny'):
         args.n_subjects = 24 if args.data == 'phantom' else 80
     try: return int(args.func(args) or 0)
+    except TrainingError as e: _err(f"fastmonai {args.command}: error: {_one_line(e)}"); return 1
     except _user_errors() as e:  # evaluated only when something was raised
         _err(f"fastmonai {args.command}: error: {_one_line(e)}"); return 2

@@ -18,10 +18,11 @@ from .vision_io import atomic_write, write_json
 from .vision_core import save_nifti
 
 # %% auto #0
-__all__ = ['DATA_SOURCES', 'MIRROR_ENV', 'MEDMNIST3D_STUDIES', 'DownloadError', 'data_source', 'download_medmnist3d_dataset',
+__all__ = ['DATA_SOURCES', 'MIRROR_ENV', 'MIRROR_CHECKSUMS', 'MEDMNIST3D_STUDIES', 'DownloadError', 'data_source',
+           'mirror_checksums', 'write_mirror_checksums', 'numpy_columns', 'download_medmnist3d_dataset',
            'download_NoduleMNIST3D', 'download_ixi_tiny', 'download_ixi_data']
 
-# %% ../nbs/19_external_data.ipynb #f8c97e2b
+# %% ../nbs/19_external_data.ipynb #48feceb5
 _ZENODO = 'https://zenodo.org/record/6496656/files/{}?download=1'
 _IXI_SITE = 'http://biomedic.doc.ic.ac.uk/brain-development/downloads/IXI/{}'
 
@@ -48,11 +49,12 @@ def _is_url(location: str) -> bool: return '://' in location
 
 def data_source(name: str # upstream file name, a key of `DATA_SOURCES` (e.g. 'nodulemnist3d.npz')
                ) -> tuple:
-    "`(location, md5)` that `name` is fetched from: `<mirror>/<name>` (md5 None) when `FASTMONAI_DATA_MIRROR` is set, else upstream."
+    "`(location, published md5 or None)` that `name` is fetched from: `<mirror>/<name>` when `FASTMONAI_DATA_MIRROR` is set, else upstream."
     mirror = os.environ.get(MIRROR_ENV, '').strip()
     if mirror:
-        if _is_url(mirror): return f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}", None
-        return str(Path(mirror).expanduser()/name), None
+        md5 = DATA_SOURCES.get(name, {}).get('md5')
+        if _is_url(mirror): return f"{mirror.rstrip('/')}/{urllib.parse.quote(name)}", md5
+        return str(Path(mirror).expanduser()/name), md5
     if name not in DATA_SOURCES: raise KeyError(f"{name}: no upstream source known (known: {', '.join(DATA_SOURCES)})")
     return DATA_SOURCES[name]['url'], DATA_SOURCES[name].get('md5')
 
@@ -164,7 +166,7 @@ def _verify_archive(path, # the file to check (may carry a temporary name)
     except Exception as e:
         raise DownloadError(f"{origin}: {name} is corrupt or truncated ({type(e).__name__}: {e})") from e
 
-# %% ../nbs/19_external_data.ipynb #0c1b87ab
+# %% ../nbs/19_external_data.ipynb #14a0909e
 _CHUNK = 1 << 20
 
 def _open_source(location: str) -> tuple:
@@ -177,6 +179,47 @@ def _open_source(location: str) -> tuple:
     if not path.is_file(): raise FileNotFoundError(f'no file {path} in the mirror {MIRROR_ENV}={os.environ.get(MIRROR_ENV)}')
     return open(path, 'rb'), path.stat().st_size
 
+MIRROR_CHECKSUMS = 'MD5SUMS' # a mirror's own md5 sums (`md5sum` format), checked instead of the published ones
+
+def mirror_checksums(mirror: str|None=None # a folder or address; default `FASTMONAI_DATA_MIRROR`
+                    ) -> dict:
+    "`{file name: md5}` listed in the mirror's `MD5SUMS`; {} when there is no mirror or it has no such file."
+    mirror = (mirror if mirror is not None else os.environ.get(MIRROR_ENV, '')).strip()
+    if not mirror: return {}
+    location = f"{mirror.rstrip('/')}/{MIRROR_CHECKSUMS}" if _is_url(mirror) else str(Path(mirror).expanduser()/MIRROR_CHECKSUMS)
+    try:
+        stream, _ = _open_source(location)
+        with stream: text = stream.read(1 << 20).decode('utf-8')
+    except (OSError, http.client.HTTPException, UnicodeDecodeError): return {}   # none: the published sums apply
+    sums = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith('#'): continue
+        m = re.fullmatch(r'\s*([0-9a-fA-F]{32})\s+\*?(.+?)\s*', line)
+        if m is None: raise DownloadError(f"{location}: line {i} is not '<md5>  <file name>': {line[:80]!r}")
+        sums[m[2]] = m[1].lower()
+    return sums
+
+def write_mirror_checksums(folder # a mirror folder
+                          ) -> Path:
+    "Write `folder/MD5SUMS` listing the md5 of every file in the mirror folder (for a site that keeps its own releases)."
+    folder = Path(folder)
+    lines = [f"{_md5_file(p)}  {p.name}" for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MIRROR_CHECKSUMS and not p.name.startswith('.')]
+    return atomic_write(folder/MIRROR_CHECKSUMS, lambda tmp: tmp.write_text('\n'.join(lines) + '\n'))
+
+def _md5_file(path) -> str:
+    md5 = hashlib.md5()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b''): md5.update(chunk)
+    return md5.hexdigest()
+
+def _expected_md5(name: str) -> tuple:
+    "`(location, md5 to check or None, where the md5 comes from)` for fetching `name`."
+    location, md5 = data_source(name)
+    listed = mirror_checksums().get(name)
+    if listed: return location, listed, f"the md5 listed in the mirror's {MIRROR_CHECKSUMS}"
+    return location, md5, 'the published md5'
+
 def _copy_stream(stream, out, size: int|None, name: str) -> tuple:
     "Copy `stream` into `out` with a progress bar; returns `(md5 hex digest, bytes copied)`."
     md5, n = hashlib.md5(), 0
@@ -186,7 +229,7 @@ def _copy_stream(stream, out, size: int|None, name: str) -> tuple:
         out.write(chunk); md5.update(chunk); n += len(chunk)
     return md5.hexdigest(), n
 
-def _download(location: str, md5: str|None, part: Path, name: str):
+def _download(location: str, md5: str|None, part: Path, name: str, source: str='the published md5'):
     "Stream `location` into `part` and check its size and md5; raises `DownloadError`."
     try:
         stream, size = _open_source(location)
@@ -199,21 +242,27 @@ def _download(location: str, md5: str|None, part: Path, name: str):
                             f"or put the file at {part.with_name(name)}") from e
     if size is not None and n != size: raise DownloadError(f"{location}: incomplete download of {name} ({n} of {size} bytes)")
     if md5 and digest != md5:
-        raise DownloadError(f"{location}: md5 {digest} of {name} differs from the published {md5} (corrupt download or changed upstream)")
+        mirror = os.environ.get(MIRROR_ENV, '').strip()
+        hint = (f"a damaged copy in the mirror, or another release: then list its md5 in the mirror's {MIRROR_CHECKSUMS}"
+                if mirror and source == 'the published md5' else 'corrupt download or changed upstream')
+        raise DownloadError(f"{location}: md5 {digest} of {name} differs from {source} {md5} ({hint}); nothing was unpacked")
 
 def _fetch(name: str, # upstream file name (a key of `DATA_SOURCES`)
            folder, # the dataset folder, where the file is kept
            refresh: bool=False) -> Path: # fetch again even when a copy is there
     "`folder/name`: the copy already there, else fetched from the mirror or upstream, checked, then renamed into place."
     dest = Path(folder)/name
+    location, md5, source = _expected_md5(name)
     if dest.exists() and not refresh:
-        _verify_archive(dest, name, f'{dest} (already in the dataset folder; delete it to fetch it again)')
+        origin = f'{dest} (already in the dataset folder; delete it to fetch it again)'
+        if md5 and (digest := _md5_file(dest)) != md5:
+            raise DownloadError(f"{origin}: md5 {digest} of {name} differs from {source} {md5}; nothing was unpacked")
+        _verify_archive(dest, name, origin)
         return dest
-    location, md5 = data_source(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f'.{name}.{os.getpid()}.part')
     try:
-        _download(location, md5, part, name)
+        _download(location, md5, part, name, source)
         _verify_archive(part, name, location)
         os.replace(part, dest)
     finally:
@@ -283,7 +332,7 @@ def _prepare_dataset(folder, # the dataset folder
         if created and not (folder/_DONE).exists() and not any(folder.iterdir()): folder.rmdir()  # a failed first try leaves no folder
     return folder
 
-# %% ../nbs/19_external_data.ipynb #bcd2cbbc
+# %% ../nbs/19_external_data.ipynb #2327ee30
 MEDMNIST3D_STUDIES = ('OrganMNIST3D', 'NoduleMNIST3D', 'AdrenalMNIST3D', 'FractureMNIST3D', 'VesselMNIST3D', 'SynapseMNIST3D')
 _SPLITS = ('train', 'val', 'test')
 
@@ -325,6 +374,12 @@ def _build_medmnist(folder: Path, staging: Path, study: str, max_workers: int=1,
     _write_csv(pd.DataFrame(rows['test']).drop(columns='is_val'), staging/'test.csv')
     return dict(source=f'{study.lower()}.npz', path_columns={'train_val.csv': ['img_path'], 'test.csv': ['img_path']})
 
+def numpy_columns(df: pd.DataFrame) -> pd.DataFrame:
+    "`df` with its text columns as NumPy object arrays (pandas 3 would hand back Arrow-backed strings, whose `.values` has no `reshape`)."
+    for c in df.columns:
+        if pd.api.types.is_string_dtype(df[c].dtype) and df[c].dtype != object: df[c] = df[c].astype(object)
+    return df
+
 def download_medmnist3d_dataset(study: str, # one of `MEDMNIST3D_STUDIES` (any case), e.g. 'OrganMNIST3D'
                                 path='../data', # folder that receives `<study>/`
                                 max_workers: int=1, # processes writing the NIfTI files
@@ -335,16 +390,16 @@ def download_medmnist3d_dataset(study: str, # one of `MEDMNIST3D_STUDIES` (any c
     folder = _prepare_dataset(Path(path)/study, partial(_build_medmnist, study=study, max_workers=max_workers,
                                                         refresh=not skip_download),
                               [f'{s}_images' for s in _SPLITS] + ['train_val.csv', 'test.csv'], reuse=skip_download)
-    return pd.read_csv(folder/'train_val.csv'), pd.read_csv(folder/'test.csv')
+    return numpy_columns(pd.read_csv(folder/'train_val.csv')), numpy_columns(pd.read_csv(folder/'test.csv'))
 
-# %% ../nbs/19_external_data.ipynb #dd9df1a3
+# %% ../nbs/19_external_data.ipynb #6690ea90
 def download_NoduleMNIST3D(path='../data', # folder that receives `NoduleMNIST3D/`
                            max_workers: int=1, # processes writing the NIfTI files
                           ) -> tuple:
     "NoduleMNIST3D as NIfTI files; returns `(train_val_df, test_df)`, labels 'b' (benign) / 'm' (malignant)."
     train_val_df, test_df = download_medmnist3d_dataset('NoduleMNIST3D', path, max_workers)
     for df in (train_val_df, test_df): df['labels'] = df['labels'].map({0: 'b', 1: 'm'})
-    return train_val_df, test_df
+    return numpy_columns(train_val_df), numpy_columns(test_df)
 
 # %% ../nbs/19_external_data.ipynb #89683404
 def _ixi_subject(file_name: str, archive) -> str:
