@@ -17,8 +17,8 @@ from .vision_plot import show_med_img
 
 # %% auto #0
 __all__ = ['ALIASES', 'resolve_aliases', 'MedBase', 'MedImage', 'MedMask', 'as_tensor', 'to_med', 'to_tio', 'apply_tio',
-           'med_img_reader', 'grid_difference', 'check_pair', 'onto_grid', 'label_values', 'check_label_values',
-           'maps_label_values', 'map_label_values', 'save_nifti', 'map_to_source']
+           'med_img_reader', 'grid_difference', 'check_pair', 'onto_grid', 'label_values', 'as_label_values',
+           'check_label_values', 'maps_label_values', 'map_label_values', 'save_nifti', 'map_to_source']
 
 # %% ../nbs/04_vision_core.ipynb #58aac2bb
 ALIASES = {'apply_reorder': 'reorder', # the later releases' spelling of the paper's `reorder`
@@ -349,7 +349,7 @@ def onto_grid(img: tio.Image, # a TorchIO image (a label map is resampled with n
     else: data = img.data
     return type(img)(tensor=data, affine=affine)
 
-# %% ../nbs/04_vision_core.ipynb #2fdb1cce
+# %% ../nbs/04_vision_core.ipynb #51a68e37
 def label_values(x, # a label map: MedMask, tensor or array
                  path=None, # the file it came from (named in errors)
                 ) -> list:
@@ -371,6 +371,16 @@ def label_values(x, # a label map: MedMask, tensor or array
     if hi >= 2**16: return [int(v) for v in torch.unique(t).tolist()]
     counts = torch.bincount(t.flatten().to(torch.uint8 if hi < 256 else torch.int32), minlength=hi + 1)
     return torch.nonzero(counts).flatten().tolist()
+
+def as_label_values(labels, # the label values of a segmentation (None: not known)
+                    name: str='labels', # what to call them in the error
+                   ) -> tuple|None:
+    "`labels` as sorted integers with background 0 (None stays None); anything else (a class name) is refused."
+    if labels is None: return None
+    values = list(labels)
+    if not all(isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool) and float(v) == int(v) for v in values):
+        raise ValueError(f"{name} of a segmentation are integer label values (e.g. [0, 1, 2]), not {values!r}")
+    return tuple(sorted({0} | {int(v) for v in values}))
 
 def check_label_values(values, # the label values of one mask (`label_values`)
                        path, # its file (named in the error)
