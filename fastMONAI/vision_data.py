@@ -104,7 +104,7 @@ class MedReader(DisplayedTransform):
 
 def _is_reader_fn(f, cls): return getattr(f, '__func__', None) is MedBase.create.__func__ and getattr(f, '__self__', None) is cls
 
-# %% ../nbs/15_vision_data.ipynb #c9b00a82
+# %% ../nbs/15_vision_data.ipynb #91ff2bf6
 def MedMaskBlock():
     "A `TransformBlock` for label volumes read as `MedMask`."
     return TransformBlock(type_tfms=MedMask.create)
@@ -225,8 +225,9 @@ class MedDataBlock(DataBlock):
         if images and masks:
             if self.resample_masks:
                 for i in masks: self.getters[i] = MaskOnImageGetter(self.getters[i], self.getters[images[0]])
-            self.item_tfms = L(self.item_tfms) + [CheckPairs(hint='' if self.resample_masks else
+            self.default_item_tfms = L(self.default_item_tfms) + [CheckPairs(hint='' if self.resample_masks else
                 "; fix the files, or pass resample_masks=True to resample each mask onto its image's grid (nearest neighbour)")]
+            self.new(rest, list(L(batch_tfms)) + [AttachGeometry()])   # a default item transform: `new` keeps it
 
     def __repr__(self):
         once = list(self.plan.transforms)

@@ -124,7 +124,7 @@ class PatchConfig(PatchSettings):
                                                       max_patch_size=max_patch_size, divisor=divisor)
         return cls(reorder=reorder, target_spacing=spacing, **kwargs)
 
-# %% ../nbs/18_vision_patch.ipynb #94e9e043
+# %% ../nbs/18_vision_patch.ipynb #bf2cc2d7
 class _ChannelsReader:
     "A TorchIO `reader` that reads the subject's file(s) with fastMONAI's reader (any format, clear errors); masks are checked."
     def __init__(self, paths, label, labels=None, label_maps=()):
@@ -155,6 +155,7 @@ def make_subject(img, # a path, DICOM folder, or list of channel files
 
 class MaskOntoImage(tio.Transform):
     "Put the subject's `mask` on its `image`'s grid (TorchIO `Resample`, nearest neighbour) when the grids differ."
+    def __init__(self, **kwargs): super().__init__(**kwargs); self.args_names = []
     def apply_transform(self, subject):
         if 'mask' in subject and 'image' in subject:
             mask, image = subject['mask'], subject['image']
@@ -199,7 +200,7 @@ def _specs(tfms) -> list:
         res.append(spec)
     return res
 
-# %% ../nbs/18_vision_patch.ipynb #c84b7793
+# %% ../nbs/18_vision_patch.ipynb #bce2d787
 class PatchDataset(torch.utils.data.Dataset):
     "Items `(MedImage, MedMask)` (or `(MedImage,)`) drawn from a TorchIO `Queue`, with `patch_tfms` applied."
     def __init__(self, queue: tio.Queue, patch_tfms=None, train: bool=True):
@@ -215,7 +216,8 @@ class PatchDataset(torch.utils.data.Dataset):
         return img, to_med(patch['mask'], MedMask)
 
 def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
+    if isinstance(value, str): return not value.strip()
+    return value is None or (pd.api.types.is_scalar(value) and pd.isna(value))
 
 def check_subjects(pairs, # `(image, mask)` per subject: a file, DICOM folder or channel list, and a mask file or None
                    resample_masks: bool=False): # masks on another grid are allowed (they will be resampled)
