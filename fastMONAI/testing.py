@@ -86,7 +86,7 @@ def make_phantom(shape=(24, 24, 24), # spatial shape (voxel order)
     image = image + 0.2 * np.sin(world[0] / 20)  # a gentle bias field
     return image.astype(np.float32), mask, affine
 
-# %% ../nbs/00_testing.ipynb #7b3465b7
+# %% ../nbs/00_testing.ipynb #edb548f9
 def affine_to_sitk(affine):
     "SimpleITK `(spacing, origin, direction)` (LPS world) from a 4x4 RAS affine."
     lps = np.diag([-1., -1., 1., 1.]) @ np.asarray(affine, float)
@@ -115,7 +115,8 @@ def write_volume(path, # .nii, .nii.gz, .nrrd, .mha or .mhd
 
 def write_dicom_series(folder, data: np.ndarray, affine: np.ndarray,
                        series_uid: str='1.2.826.0.1.3680043.2.1125.1.2', # SeriesInstanceUID of every slice
-                       prefix: str='slice') -> Path: # file names are `<prefix>_<k>.dcm`
+                       prefix: str='slice', # file names are `<prefix>_<k>.dcm`
+                       modality: str='MR') -> Path: # the Modality tag (e.g. 'CT'; 'SEG' for a file the readers must refuse)
     "Write a 3D volume as an int16 DICOM series (values rounded; one file per slice along the third voxel axis)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     arr = np.rint(np.asarray(data)).astype(np.int16)
@@ -127,7 +128,7 @@ def write_dicom_series(folder, data: np.ndarray, affine: np.ndarray,
     for k in range(vol.GetDepth()):
         sl = vol[:, :, k]
         pos = vol.TransformIndexToPhysicalPoint((0, 0, k))
-        for tag, value in [('0008|0060', 'MR'), ('0020|000d', '1.2.826.0.1.3680043.2.1125.1'),
+        for tag, value in [('0008|0060', modality), ('0020|000d', '1.2.826.0.1.3680043.2.1125.1'),
                            ('0020|000e', series_uid), ('0020|0013', str(k + 1)),
                            ('0020|0032', '\\'.join(f'{v:.6f}' for v in pos)),
                            ('0020|0037', '\\'.join(f'{v:.6f}' for v in list(direction[:, 0]) + list(direction[:, 1]))),

@@ -17,7 +17,8 @@ from .vision_plot import show_med_img
 
 # %% auto #0
 __all__ = ['ALIASES', 'resolve_aliases', 'MedBase', 'MedImage', 'MedMask', 'as_tensor', 'to_med', 'to_tio', 'apply_tio',
-           'med_img_reader', 'save_nifti', 'map_to_source']
+           'med_img_reader', 'grid_difference', 'check_pair', 'onto_grid', 'label_values', 'as_label_values',
+           'check_label_values', 'maps_label_values', 'map_label_values', 'save_nifti', 'map_to_source']
 
 # %% ../nbs/04_vision_core.ipynb #58aac2bb
 ALIASES = {'apply_reorder': 'reorder', # the later releases' spelling of the paper's `reorder`
@@ -260,7 +261,7 @@ def apply_tio(transform, # a TorchIO transform
     out = transform(subject)
     return [x if k is None else to_med(out[k], type(x), x.__dict__.get('source')) for k, x in zip(keys, items)]
 
-# %% ../nbs/04_vision_core.ipynb #dff15f54
+# %% ../nbs/04_vision_core.ipynb #b8b20f09
 def _float32(x):
     "Volumes enter training as float32 (intensities and labels alike): losses and metrics expect floats."
     return x if x.dtype == torch.float32 else x.float()
@@ -270,18 +271,146 @@ def med_img_reader(file_path, # a file, a DICOM series folder, or a list of file
                    resample=None, # voxel spacing in mm: one number or three (also `target_spacing=`)
                    only_tensor: bool=True, # if False, return (original, preprocessed, original_size)
                    dtype=None, # MedImage or MedMask (masks are resampled with nearest neighbour)
+                   grid=None, # `(shape, affine)` or a `SourceGeometry` (e.g. a mask's image): put the volume on this grid first
                    **kwargs): # `apply_reorder=` and `target_spacing=`
     "Read a medical volume as a `MedImage`/`MedMask` `[C, X, Y, Z]` carrying its geometry."
     args = resolve_aliases('med_img_reader', dict(reorder=reorder, resample=resample, **kwargs), reorder=False, target_spacing=None)
     dtype = dtype or MedImage
     img = read_channels(list(file_path) if isinstance(file_path, tuple) else file_path, label=issubclass(dtype, MedMask))
     path = tuple(str(p) for p in file_path) if isinstance(file_path, (list, tuple)) else str(file_path)
+    if grid is not None: img = onto_grid(img, grid)
     source_shape, source_affine = tuple(img.spatial_shape), np.asarray(img.affine, dtype=float)
     out, reordered_shape = reorder_resample(img, bool(args['reorder']), args['target_spacing'], copy=not only_tensor)  # the original is kept only then
     source = SourceGeometry(path, source_shape, source_affine, reordered_shape)
     res = _float32(to_med(out, dtype, source))
     if only_tensor: return res
     return _float32(to_med(img, dtype, source)), res, reordered_shape
+
+# %% ../nbs/04_vision_core.ipynb #4d65cdc2
+def _as_grid(g) -> tuple:
+    "`(shape, affine)` of a `SourceGeometry`, a `(shape, affine)` pair, or the `source` of a `MedImage`/`MedMask`."
+    if isinstance(g, MedBase):
+        if g.__dict__.get('source') is None: raise ValueError("the volume has no source geometry; read it with `med_img_reader`")
+        g = g.source
+    if isinstance(g, SourceGeometry): return tuple(g.shape), np.asarray(g.affine, float)
+    shape, affine = g
+    return tuple(int(s) for s in shape), np.asarray(affine, float)
+
+def _box_corners(shape) -> np.ndarray:
+    "Homogeneous voxel coordinates `[4, 8]` of the corners of a grid's box (the outer voxel faces)."
+    c = np.array(np.meshgrid(*[(-0.5, s - 0.5) for s in shape], indexing='ij')).reshape(3, -1)
+    return np.vstack([c, np.ones((1, c.shape[1]))])
+
+def grid_difference(grid, # the reference: `(shape, affine)` or a `SourceGeometry` (e.g. the image's)
+                    other, # the grid to compare (e.g. its mask's)
+                    tolerance: float=0.1, # how far the box corners may be apart, in voxels of the reference
+                   ) -> str|None:
+    "None when `other` is `grid` (one shape, box corners within `tolerance` voxels); otherwise what differs, in words."
+    shape, affine = _as_grid(grid)
+    other_shape, other_affine = _as_grid(other)
+    if shape == other_shape and np.array_equal(affine, other_affine): return None   # the common case
+    spacing, other_spacing = affine_spacing(affine), affine_spacing(other_affine)
+    limit = tolerance * min(spacing)
+    apart = float(np.linalg.norm((affine @ _box_corners(shape) - other_affine @ _box_corners(other_shape))[:3], axis=0).max())
+    if shape == other_shape and apart <= limit: return None
+    parts = [] if shape == other_shape else [f"shape {other_shape} instead of {shape}"]
+    if not np.allclose(spacing, other_spacing, rtol=1e-3, atol=0):
+        parts.append(f"spacing {tuple(round(s, 4) for s in other_spacing)} instead of {tuple(round(s, 4) for s in spacing)}")
+    orientation, other_orientation = affine_orientation(affine), affine_orientation(other_affine)
+    if orientation != other_orientation: parts.append(f"orientation {other_orientation} instead of {orientation}")
+    else:
+        rotation = (affine[:3, :3] / spacing).T @ (other_affine[:3, :3] / other_spacing)
+        angle = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))
+        if angle > 0.01: parts.append(f"axes rotated by {angle:.2f}°")
+        shift = float(np.linalg.norm(affine[:3, 3] - other_affine[:3, 3]))
+        if shift > limit: parts.append(f"origin {shift:.2f} mm away")
+    if not parts: parts.append(f"box corners up to {apart:.2f} mm apart")
+    return '; '.join(parts)
+
+def check_pair(image, # the image's `SourceGeometry` (or a `MedImage` carrying one)
+               mask, # its mask's
+               tolerance: float=0.1, # in voxels of the image
+               hint: str='', # appended to the error (what the user can do)
+              ):
+    "Raise a `MedReadError` naming both files when the mask's grid on disk differs from its image's."
+    difference = grid_difference(image, mask, tolerance)
+    if difference is None: return
+    path = lambda g: (g.source if isinstance(g, MedBase) else g).path
+    raise MedReadError(f"{path(mask)}: the mask's grid differs from its image {path(image)}: {difference} (tolerance {tolerance} "
+                       f"voxel); the mask does not belong to this image, or was saved on another grid{hint}")
+
+def onto_grid(img: tio.Image, # a TorchIO image (a label map is resampled with nearest neighbour)
+              grid, # `(shape, affine)` or a `SourceGeometry`
+              tolerance: float=0.1) -> tio.Image: # within this (voxels), the affine is only snapped to the grid's
+    "`img` on `grid`: resampled by TorchIO when its grid differs, else with `grid`'s affine."
+    shape, affine = _as_grid(grid)
+    if grid_difference((shape, affine), (img.spatial_shape, img.affine), tolerance) is not None:
+        data = resample_onto(img.data, img.affine, shape, affine, label=isinstance(img, tio.LabelMap))
+    else: data = img.data
+    return type(img)(tensor=data, affine=affine)
+
+# %% ../nbs/04_vision_core.ipynb #51a68e37
+def label_values(x, # a label map: MedMask, tensor or array
+                 path=None, # the file it came from (named in errors)
+                ) -> list:
+    "The sorted values of a label map; a `MedReadError` naming `path` for NaN/inf, fractional or negative values."
+    t = as_tensor(x) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    where = f"{path}: " if path is not None else ''
+    if t.numel() == 0: return []
+    if t.dtype == torch.bool: t = t.to(torch.uint8)
+    if t.is_floating_point():
+        finite = torch.isfinite(t)
+        if not bool(finite.all()): raise MedReadError(f"{where}is not a label map: {int((~finite).sum())} voxels are NaN or inf")
+        fractional = t != torch.round(t)
+        if bool(fractional.any()):
+            examples = [round(v, 4) for v in torch.unique(t[fractional])[:4].tolist()]
+            raise MedReadError(f"{where}is not a label map: {int(fractional.sum())} voxels hold fractional values such as {examples} "
+                               "(probabilities, or a mask resampled with linear interpolation?); labels are integers")
+    lo, hi = (int(v) for v in torch.aminmax(t))
+    if lo < 0: raise MedReadError(f"{where}holds negative labels (down to {lo}); labels are 0 (background), 1, 2, ...")
+    if hi >= 2**16: return [int(v) for v in torch.unique(t).tolist()]
+    counts = torch.bincount(t.flatten().to(torch.uint8 if hi < 256 else torch.int32), minlength=hi + 1)
+    return torch.nonzero(counts).flatten().tolist()
+
+def as_label_values(labels, # the label values of a segmentation (None: not known)
+                    name: str='labels', # what to call them in the error
+                   ) -> tuple|None:
+    "`labels` as sorted integers with background 0 (None stays None); anything else (a class name) is refused."
+    if labels is None: return None
+    values = list(labels)
+    if not all(isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool) and float(v) == int(v) for v in values):
+        raise ValueError(f"{name} of a segmentation are integer label values (e.g. [0, 1, 2]), not {values!r}")
+    return tuple(sorted({0} | {int(v) for v in values}))
+
+def check_label_values(values, # the label values of one mask (`label_values`)
+                       path, # its file (named in the error)
+                       labels=None, # the task's label values (None: any); background 0 is always allowed
+                       hint: str='', # appended to the error
+                      ):
+    "Refuse values outside `labels`, and a binary mask stored as 0/255 unless 255 is a label."
+    values = sorted(int(v) for v in values)
+    known = None if labels is None else {0} | {int(v) for v in labels}
+    if known is not None and set(values) <= known: return
+    if 255 in values and set(values) <= {0, 255}:
+        raise MedReadError(f"{path}: is a binary mask stored as 0/255 (labels {values}): add `BinaryConverter()` to the item "
+                           f"transforms (every non-zero label becomes 1){hint}")
+    if known is not None:
+        raise MedReadError(f"{path}: holds label values {[v for v in values if v not in known]} that the task does not know "
+                           f"(its labels: {sorted(known)}){hint}")
+
+def maps_label_values(t) -> bool:
+    "Whether the TorchIO transform `t` only changes label values (a `Lambda` for label maps, as `BinaryConverter` builds)."
+    return isinstance(t, tio.Lambda) and list(t.types_to_apply or []) == [tio.LABEL]
+
+def map_label_values(values, # label values (integers)
+                     transforms, # TorchIO transforms; the label-only ones among them are applied
+                    ) -> list:
+    "The values that `values` become through the label-only transforms in `transforms` (e.g. `BinaryConverter`)."
+    maps = [t for t in transforms if maps_label_values(t)]
+    if not maps or not len(values): return sorted(int(v) for v in values)
+    probe = MedMask(torch.as_tensor([float(v) for v in values]).reshape(1, -1, 1, 1), affine=np.eye(4))
+    for t in maps: probe = apply_tio(t, [probe])[0]
+    return sorted({int(v) for v in as_tensor(probe).flatten().tolist()})
 
 # %% ../nbs/04_vision_core.ipynb #034a5e77
 def save_nifti(x, # MedImage/MedMask (or tensor) [C, X, Y, Z] or [X, Y, Z]
