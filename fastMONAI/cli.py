@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['CLIError', 'TrainingError', 'cmd_info', 'is_dicom_folder', 'expand_inputs', 'predict_files', 'cmd_predict',
-           'load_train_config', 'check_train_config', 'train_from_config', 'TrainingGuard', 'check_trained',
-           'cmd_train', 'cmd_quickstart', 'build_parser', 'main']
+__all__ = ['OUTPUT_FORMATS', 'CLIError', 'TrainingError', 'cmd_info', 'is_dicom_folder', 'expand_inputs', 'predict_files',
+           'cmd_predict', 'load_train_config', 'check_train_config', 'train_from_config', 'TrainingGuard',
+           'check_trained', 'cmd_train', 'cmd_quickstart', 'build_parser', 'main']
 
 # %% ../nbs/21_cli.ipynb #2e640a09
 class CLIError(Exception):
@@ -99,7 +99,7 @@ def expand_inputs(inputs) -> tuple:
         if v.resolve() not in seen: seen.add(v.resolve()); unique.append(v)
     return unique, problems
 
-# %% ../nbs/21_cli.ipynb #9e443315
+# %% ../nbs/21_cli.ipynb #0b7d5e58
 def _progress(items):
     try:
         from fastprogress.fastprogress import progress_bar
@@ -120,17 +120,71 @@ def _prediction_row(model, v, res) -> dict:
     vals = res.flatten().tolist()
     return dict(path=str(v), **({'prediction': vals[0]} if len(vals) == 1 else {f'prediction_{i}': x for i, x in enumerate(vals)}))
 
+OUTPUT_FORMATS = {'nifti': '.nii.gz', 'dicom-seg': '.dcm'} # `--format` → the extension of the written label maps
+
+def _written_pairs(volumes, outdir, ext, written) -> list:
+    "`(input, prediction)` for the inputs whose prediction was written."
+    from fastMONAI.vision_predict import output_paths
+    done = {Path(w) for w in written}
+    return [(v, o) for v, o in zip(volumes, output_paths(volumes, outdir, ext)) if o in done]
+
+def _report_labels(model) -> dict|None:
+    "`{value: name}` of every foreground label the model knows (so a scan without a finding still gets its rows)."
+    names = model.predictor.label_names
+    if names: return names
+    labels = [v for v in (model.plan.labels or ()) if isinstance(v, (int, float)) and int(v) != 0]
+    return {int(v): f'label {int(v)}' for v in labels} or None
+
+def _reports(model, pairs, outdir: Path, ext: str, png: bool, volumes_csv: bool, overwrite: bool, protected: set) -> tuple:
+    "Three-plane PNGs beside the predictions and one `volumes.csv`; returns `(written, failures)`."
+    from fastMONAI.vision_core import MedImage, MedMask
+    from fastMONAI.vision_viewer import _as_volume, save_three_plane_png   # matplotlib: only when asked
+    from fastMONAI.vision_dicom import volume_table
+    written, failures, tables = [], [], []
+    for v, out in pairs:
+        try:
+            mask = _as_volume(str(out), MedMask)
+            if volumes_csv:
+                t = volume_table(mask, _report_labels(model))
+                t.insert(0, 'prediction', str(out)); t.insert(0, 'input', str(v)); tables.append(t)
+            if png:
+                name = out.parent/f"{out.name[:-len(ext)]}.png"
+                if name.resolve() in protected: raise FileExistsError(f"{name} is one of the inputs; not written")
+                if name.exists() and not overwrite: raise FileExistsError(f"{name}: already exists; pass --overwrite to replace it")
+                image = v[0] if isinstance(v, (list, tuple)) else v
+                written.append(save_three_plane_png(_as_volume(str(image), MedImage), name, mask=mask, title=Path(str(image)).name))
+        except Exception as e: failures.append((str(v), str(e) if str(out) in str(e) or str(v) in str(e) else f"{out}: {type(e).__name__}: {e}"))
+    if tables:
+        csv = outdir/'volumes.csv'
+        if csv.resolve() in protected: failures.append((str(csv), 'volumes.csv is one of the inputs; not written'))
+        elif csv.exists() and not overwrite: failures.append((str(csv), f"{csv}: already exists; pass --overwrite to replace it"))
+        else: _write_csv(pd.concat(tables, ignore_index=True), csv); written.append(csv)
+    return written, failures
+
 def predict_files(model, # a `SafeModel` (see `vision_export.load_model`)
                   inputs, # files and folders
                   outdir, # where `pred_<name>.nii.gz` (or predictions.csv) go
                   progress: bool=True, # show a progress bar
-                  overwrite: bool=False) -> tuple: # replace existing predictions
+                  overwrite: bool=False, # replace existing predictions
+                  format: str='nifti', # segmentation output: 'nifti' or 'dicom-seg' (for DICOM series inputs)
+                  png: bool=False, # segmentation: a three-plane PNG of each scan with its prediction
+                  volumes: bool=False) -> tuple: # segmentation: `volumes.csv`, volume (mL) and components per label and scan
     "Predict every input; returns `(written paths, failures [(input, reason)])`. Never writes onto an input."
+    if format not in OUTPUT_FORMATS: raise ValueError(f"unknown format {format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
     outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
-    volumes, failures = expand_inputs(inputs)
+    vols, failures = expand_inputs(inputs)
     if model.task == 'segmentation':
-        written, failed = model.predict_files(volumes, outdir, ext='.nii.gz', overwrite=overwrite, progress=_progress if progress else None)
-        return written, failures + failed
+        ext = OUTPUT_FORMATS[format]
+        written, failed = model.predict_files(vols, outdir, ext=ext, overwrite=overwrite, progress=_progress if progress else None)
+        failures = failures + failed
+        if png or volumes:
+            protected = {Path(p).resolve() for v in vols for p in (v if isinstance(v, (list, tuple)) else [v])}
+            more, failed = _reports(model, _written_pairs(vols, outdir, ext, written), outdir, ext, png, volumes, overwrite, protected)
+            written, failures = written + more, failures + failed
+        return written, failures
+    if format != 'nifti' or png or volumes:
+        raise ValueError(f"--format, --png and --volumes are for segmentation models; this one does {model.task}")
+    volumes = vols
     written, rows = [], []
     for v in _progress(volumes) if progress else volumes:
         try: rows.append(_prediction_row(model, v, model.predict(v)))
@@ -147,7 +201,8 @@ def cmd_predict(args) -> int:
     from fastMONAI.vision_export import load_model
     try: model = load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as e: raise CLIError(str(e)) from e
-    written, failures = predict_files(model, args.inputs, args.output, progress=not args.quiet, overwrite=args.overwrite)
+    written, failures = predict_files(model, args.inputs, args.output, progress=not args.quiet, overwrite=args.overwrite,
+                                      format=args.format, png=args.png, volumes=args.volumes)
     _say(f"{len(written)} written to {args.output}")
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
@@ -424,7 +479,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #af918287
+# %% ../nbs/21_cli.ipynb #617b1b3a
 def _int_at_least(low: int):
     "An argparse type: an integer ≥ `low`."
     def parse(text):
@@ -454,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('-o', '--output', metavar='OUTDIR', required=True, help='output folder')
     q.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     q.add_argument('--overwrite', action='store_true', help='replace existing predictions in OUTDIR')
+    q.add_argument('--format', choices=list(OUTPUT_FORMATS), default='nifti',
+                   help="segmentation output: NIfTI label maps, or DICOM-SEG objects referencing each input DICOM series")
+    q.add_argument('--png', action='store_true', help='segmentation: also a three-plane picture of each scan with its prediction')
+    q.add_argument('--volumes', action='store_true', help='segmentation: also OUTDIR/volumes.csv (mL and components per label and scan)')
     q.add_argument('--quiet', action='store_true', help='no progress bar')
     q.set_defaults(func=cmd_predict)
     q = sub.add_parser('train', help='train a model from a JSON config',
