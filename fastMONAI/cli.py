@@ -99,7 +99,7 @@ def expand_inputs(inputs) -> tuple:
         if v.resolve() not in seen: seen.add(v.resolve()); unique.append(v)
     return unique, problems
 
-# %% ../nbs/21_cli.ipynb #0b7d5e58
+# %% ../nbs/21_cli.ipynb #431eee21
 def _progress(items):
     try:
         from fastprogress.fastprogress import progress_bar
@@ -137,13 +137,13 @@ def _report_labels(model) -> dict|None:
 
 def _reports(model, pairs, outdir: Path, ext: str, png: bool, volumes_csv: bool, overwrite: bool, protected: set) -> tuple:
     "Three-plane PNGs beside the predictions and one `volumes.csv`; returns `(written, failures)`."
-    from fastMONAI.vision_core import MedImage, MedMask
-    from fastMONAI.vision_viewer import _as_volume, save_three_plane_png   # matplotlib: only when asked
-    from fastMONAI.vision_dicom import volume_table
+    from fastMONAI.vision_core import MedImage, MedMask, med_img_reader
+    from fastMONAI.vision_dicom import volume_table, is_dicom_seg, read_dicom_seg
+    if png: from fastMONAI.vision_viewer import save_three_plane_png   # matplotlib: only when asked
     written, failures, tables = [], [], []
     for v, out in pairs:
         try:
-            mask = _as_volume(str(out), MedMask)
+            mask = read_dicom_seg(out) if is_dicom_seg(out) else med_img_reader(out, dtype=MedMask)
             if volumes_csv:
                 t = volume_table(mask, _report_labels(model))
                 t.insert(0, 'prediction', str(out)); t.insert(0, 'input', str(v)); tables.append(t)
@@ -152,7 +152,7 @@ def _reports(model, pairs, outdir: Path, ext: str, png: bool, volumes_csv: bool,
                 if name.resolve() in protected: raise FileExistsError(f"{name} is one of the inputs; not written")
                 if name.exists() and not overwrite: raise FileExistsError(f"{name}: already exists; pass --overwrite to replace it")
                 image = v[0] if isinstance(v, (list, tuple)) else v
-                written.append(save_three_plane_png(_as_volume(str(image), MedImage), name, mask=mask, title=Path(str(image)).name))
+                written.append(save_three_plane_png(med_img_reader(image), name, mask=mask, title=Path(str(image)).name))
         except Exception as e: failures.append((str(v), str(e) if str(out) in str(e) or str(v) in str(e) else f"{out}: {type(e).__name__}: {e}"))
     if tables:
         csv = outdir/'volumes.csv'

@@ -18,7 +18,7 @@ import torchio as tio
 from torchio.data.io import get_ras_affine_from_sitk, sitk_to_nib
 
 # %% auto #0
-__all__ = ['MEDICAL_EXTENSIONS', 'atomic_write', 'atomic_write_files', 'atomic_write_folder', 'optional_import',
+__all__ = ['MEDICAL_EXTENSIONS', 'atomic_write', 'atomic_write_files', 'atomic_write_folder', 'optional_import', 'numpy_columns',
            'to_json_friendly', 'write_json', 'read_json', 'MedReadError', 'is_nifti', 'medical_stem', 'nifti_affine',
            'check_grid', 'read_image', 'read_channels', 'short_error', 'read_header_geometry', 'label_dtype',
            'write_image']
@@ -85,6 +85,14 @@ def optional_import(module: str, # the package to import
     try: return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(f"{feature} needs the package `{module}`: pip install \"fastMONAI[{extra}]\"") from e
+
+# %% ../nbs/02_vision_io.ipynb #5b20931b
+def numpy_columns(df): # a pandas DataFrame
+    "`df` with its text columns as NumPy object arrays (pandas 3 would hand back Arrow-backed strings, whose `.values` has no `reshape`)."
+    import pandas as pd   # here: reading a scan does not need pandas
+    for c in df.columns:
+        if pd.api.types.is_string_dtype(df[c].dtype) and df[c].dtype != object: df[c] = df[c].astype(object)
+    return df
 
 # %% ../nbs/02_vision_io.ipynb #58e94145
 def to_json_friendly(o): # a value made of dicts, lists, tuples, numpy/torch values, Paths and fastai collections
