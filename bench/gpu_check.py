@@ -10,10 +10,12 @@ It checks, on generated phantoms:
 2. mixed-precision training (`learn.to_fp16()`) of a small UNet with `CustomLoss(DiceFocalLoss)` learns
    (Dice rises) and the batches' geometry survives the move to the device;
 3. `PatchInferenceEngine(..., amp=True)` on the GPU agrees with the fp32 CPU prediction (Dice > 0.95);
-4. `inference` on the GPU writes the prediction on the source grid (shape and affine as on disk).
+4. `inference` on the GPU writes the prediction on the source grid (shape and affine as on disk);
+5. distributed training (`vision_distributed.distrib_ctx` under `torchrun`): training throughput with 1 process vs one
+   process per GPU (NCCL; on `--device cpu`, 1 vs 2 CPU processes over gloo), and the N-process run learns.
 Prints one line per check and exits non-zero if any fails.
 """
-import sys, time, tempfile, warnings
+import json, os, subprocess, sys, time, tempfile, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np
@@ -86,7 +88,47 @@ def main() -> int:
     out = inference(learn32, fn=path, save_path=tmp / 'pred')
     src, pred = nib.load(str(path)), nib.load(str(out))
     check('inference on the GPU writes on the source grid', pred.shape == src.shape and np.allclose(pred.affine, src.affine))
+    # 5. 1 GPU vs N GPUs: the same training under torchrun with 1 and with N processes (one per GPU)
+    n_gpus = torch.cuda.device_count() if dev.type == 'cuda' else 2
+    df.to_csv(tmp / 'data.csv', index=False)
+    speed = {}
+    for n in sorted({1, n_gpus}):
+        res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(n), __file__,
+                              '--distributed-worker', str(tmp / 'data.csv'), dev.type], capture_output=True, text=True, timeout=900,
+                             env={**os.environ, 'OMP_NUM_THREADS': '1' if dev.type == 'cpu' else os.environ.get('OMP_NUM_THREADS', '4')})
+        line = [l for l in res.stdout.splitlines() if l.startswith('throughput')]
+        check(f'distributed training on {n} process(es) runs', res.returncode == 0 and bool(line), res.stderr[-500:] if res.returncode else '')
+        if line: speed[n] = json.loads(line[-1].split(' ', 1)[1])
+    if len(speed) == 2 and n_gpus > 1:
+        one, many = speed[1], speed[n_gpus]
+        print(f"     {dev.type}: 1 process {one['volumes_per_s']:.1f} volumes/s, {n_gpus} processes {many['volumes_per_s']:.1f} volumes/s "
+              f"(x{many['volumes_per_s'] / one['volumes_per_s']:.2f}); valid Dice {one['dice']:.3f} vs {many['dice']:.3f}")
+        check(f'{n_gpus}-process training learns', many['dice'] > 0.5, f"(valid Dice {many['dice']:.3f})")
     print('all checks passed' if not failures else f'{len(failures)} failed: {failures}')
     return 1 if failures else 0
 
-if __name__ == '__main__': sys.exit(main())
+def distributed_worker(csv, device_type) -> int:
+    "One process of check 5 (started by torchrun): train on the phantoms, print rank 0's throughput and Dice."
+    import pandas as pd
+    from fastMONAI.vision_all import (MedImageDataLoaders, MedMaskBlock, ZNormalization, PadOrCrop, Learner, UNet, CustomLoss,
+                                      DiceCELoss, binary_dice_score, is_rank_zero, local_device, seed_everything)
+    from fastMONAI.vision_distributed import distrib_ctx
+    if device_type == 'cuda': torch.cuda.set_device(local_device('cuda'))
+    seed_everything(0)
+    df = pd.read_csv(csv)
+    dls = MedImageDataLoaders.from_df(df, fn_col='img_path', label_col='mask_path', y_block=MedMaskBlock, valid_col='is_val',
+                                      item_tfms=[ZNormalization(), PadOrCrop([48, 48, 48])], reorder=True, resample=1., bs=2,
+                                      num_workers=0, device=local_device(device_type))
+    learn = Learner(dls, UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(16, 32, 64), strides=(2, 2)),
+                    loss_func=CustomLoss(DiceCELoss(sigmoid=True)), metrics=binary_dice_score)
+    with distrib_ctx(learn), learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-2)                                    # warm-up (and the cache filled)
+        start = time.perf_counter(); learn.fit_one_cycle(6, 1e-2); seconds = time.perf_counter() - start
+    if is_rank_zero():
+        print('throughput', json.dumps(dict(volumes_per_s=6 * len(dls.train_ds) / seconds, dice=float(learn.recorder.values[-1][-1]))), flush=True)
+    return 0
+
+if __name__ == '__main__':
+    if '--distributed-worker' in sys.argv:
+        i = sys.argv.index('--distributed-worker'); sys.exit(distributed_worker(sys.argv[i + 1], sys.argv[i + 2]))
+    sys.exit(main())

@@ -23,8 +23,8 @@ from .vision_core import MedBase, MedImage, MedMask, as_tensor
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT_VERSION', 'CACHE_MARKER', 'DEFAULT_MAX_DISK_BYTES', 'data_files', 'file_identity', 'cache_key',
-           'MemoryLRU', 'default_cache_dir', 'is_cache_folder', 'VolumeCache', 'default_cache', 'get_cache',
-           'fill_cache']
+           'MemoryLRU', 'default_cache_dir', 'cache_writer', 'is_cache_folder', 'VolumeCache', 'default_cache',
+           'get_cache', 'fill_cache']
 
 # %% ../nbs/13_vision_cache.ipynb #955f601e
 CACHE_FORMAT_VERSION = 3 # 2: reader settings from the plan record; 3: entries carry a checksum
@@ -130,6 +130,10 @@ class MemoryLRU:
 def default_cache_dir() -> Path:
     "`FASTMONAI_CACHE_DIR` if set, else `~/.cache/fastMONAI`."
     return Path(os.environ.get('FASTMONAI_CACHE_DIR') or Path.home() / '.cache' / 'fastMONAI').expanduser()
+
+def cache_writer() -> bool:
+    "Whether this process writes cache entries: always, except in a multi-process launch (torchrun's `LOCAL_RANK`) where only each machine's first process does."
+    return int(os.environ.get('LOCAL_RANK') or 0) == 0
 
 def _writable(folder: Path) -> bool:
     try:
@@ -289,7 +293,7 @@ class VolumeCache:
             x = reader.read(o)
             if not isinstance(x, MedBase): return x
             hit = _pack(x)
-            if self.disk: self._write(key, *hit)
+            if self.disk and cache_writer(): self._write(key, *hit)
         if memory: self.memory.put(key, hit)
         return _as_requested(_unpack(*hit, dtype=reader.dtype), o)
 
@@ -358,7 +362,7 @@ def get_cache(cache=True) -> VolumeCache|None:
     if hasattr(cache, 'load'): return cache
     raise TypeError(f"cache must be True, False, a folder or a VolumeCache, not {cache!r}")
 
-# %% ../nbs/13_vision_cache.ipynb #404a8b7d
+# %% ../nbs/13_vision_cache.ipynb #7b46d23e
 def _fill_init():
     torch.set_num_threads(1)                           # one thread per process: the processes share the cores
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -371,8 +375,9 @@ def _fill_one(readers, job):
 def fill_cache(jobs, # `(reader, input)` pairs (see `MedImageDataLoaders.cache_jobs`), or DataLoaders with `cache_jobs()`
                n_workers: int|None=None, # processes; defaults to the number of CPUs (0: in this process)
               ) -> dict:
-    "Read every input once through its cached reader, in parallel, so the cache holds them all."
+    "Read every input once through its cached reader, in parallel, so the cache holds them all (only where this process writes: `cache_writer`)."
     if hasattr(jobs, 'cache_jobs'): jobs = jobs.cache_jobs()
+    if not cache_writer(): return dict(n=0, skipped=0, seconds=0.)
     readers, todo, seen = [], [], set()
     for reader, o in jobs:
         if reader.cache is None: continue

@@ -18,7 +18,7 @@ from .vision_cache import fill_cache
 # %% auto #0
 __all__ = ['Learner', 'FillCache', 'MedLearner', 'MirrorCallback']
 
-# %% ../nbs/16_vision_learner.ipynb #d91b38e6
+# %% ../nbs/16_vision_learner.ipynb #5b93740d
 class FillCache(Callback):
     "Before the first fit, fill the data's cache in parallel processes (the parallel first pass)."
     def __init__(self, n_workers: int|None=None): # processes (None: one per CPU; 0: off)
@@ -27,7 +27,17 @@ class FillCache(Callback):
         if self.done or self.n_workers == 0 or not hasattr(self.dls, 'cache_jobs'): return
         self.done = True
         jobs = self.dls.cache_jobs()
-        if jobs and all(reader.cache.disk for reader, _ in jobs): fill_cache(jobs, self.n_workers)
+        if not (jobs and all(reader.cache.disk for reader, _ in jobs)): return
+        if not _distributed(): fill_cache(jobs, self.n_workers); return
+        if torch.distributed.get_rank() == 0: fill_cache(jobs, self.n_workers)   # once, while the others wait
+        torch.distributed.barrier()
+        fill_cache(jobs, self.n_workers)       # each machine's first process: what its folder lacks (nothing when it is shared)
+        torch.distributed.barrier()
+
+def _distributed() -> bool:
+    "Whether this process is one of several in an initialised process group."
+    d = torch.distributed
+    return d.is_available() and d.is_initialized() and d.get_world_size() > 1
 
 # %% ../nbs/16_vision_learner.ipynb #7fca7d18
 def _has_plan(dls) -> bool:

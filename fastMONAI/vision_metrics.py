@@ -166,7 +166,7 @@ def calculate_nsd(pred, # predicted binary mask(s): [X, Y, Z], [1, X, Y, Z] or [
     p, t, sp = _mask_pair(pred, targ, spacing)
     return _nsd(p, t, sp, tolerance)[:, 0]
 
-# %% ../nbs/12_vision_metrics.ipynb #eea6df98
+# %% ../nbs/12_vision_metrics.ipynb #af08e3d1
 class SegmentationMetric(Metric):
     "A fastai `Metric` averaging per-item values over the validation set (NaN skipped), also callable as `metric(act, targ)`."
     def __init__(self, score_func, # `score_func(pred_masks, targ_masks, spacings)` → values `[B, K]`
@@ -193,7 +193,10 @@ class SegmentationMetric(Metric):
         res = torch.nanmean(self.item_values(act, targ, spacing), 0)
         return res if self.multi else res[0]
 
-    def accumulate(self, learn): self._values.append(self.item_values(learn.pred, learn.yb[0]))
+    def accumulate(self, learn):
+        values = self.item_values(learn.pred, learn.yb[0])
+        gather = getattr(learn, 'to_detach', None)   # fastai's: in a distributed run, every process's items, padding dropped
+        self._values.append(gather(values) if gather is not None else values)
 
     @property
     def class_values(self) -> torch.Tensor|None:

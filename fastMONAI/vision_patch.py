@@ -21,7 +21,7 @@ from .vision_io import read_channels, write_json, read_json, read_header_geometr
 from .vision_core import (MedImage, MedMask, to_med, resolve_aliases, check_pair, onto_grid, label_values,
                                    check_label_values, map_label_values, as_label_values)
 from .vision_plan import Plan, PatchSettings, TransformSpec, suggest_patch_size
-from .vision_predict import Predictor, PadToPatch, save_prediction, pred_file_name, source_name
+from .vision_predict import Predictor, PadToPatch, save_prediction, pred_file_name, source_name, rank_world_size
 from .vision_augmentation import MedTransform
 
 # %% auto #0
@@ -208,6 +208,10 @@ class PatchDataset(torch.utils.data.Dataset):
         tfms = [_tio(t) for t in (patch_tfms or []) if train or not _is_random(t)]
         self.patch_transform = tio.Compose(tfms) if tfms else None
     def __len__(self): return len(self.queue)
+    @property
+    def sharded(self) -> bool:
+        "Whether the queue draws from this process's share of the subjects only (a distributed run)."
+        return self.queue.subject_sampler is not None
     def __getitem__(self, idx):
         patch = self.queue[idx]
         if self.patch_transform is not None: patch = self.patch_transform(patch)
@@ -269,6 +273,7 @@ class MedPatchDataLoaders(DataLoaders):
                 seed: int|None=None, # seed of the random split
                 labels=None, # the label values masks may hold (checked when read, recorded in `dls.plan.labels`)
                 resample_masks: bool=False, # resample each mask onto its image's grid (nearest) instead of refusing another grid
+                shard: bool|None=None, # each process of a distributed run samples its own share of the subjects (None: when launched as several)
                 **kwargs): # passed to `DataLoaders` (e.g. `device=`)
         "Patch DataLoaders from a DataFrame of image (and mask) paths; pairs and label values are checked."
         edge = {k: kwargs.pop(k) for k in ('fn_col', 'image_col', 'pre_inference_tfms') if k in kwargs}
@@ -288,12 +293,16 @@ class MedPatchDataLoaders(DataLoaders):
         def subject(row):
             return make_subject(image(row), row[mask_col] if mask_col is not None else None, labels=labels, label_maps=label_maps)
         loaders = []
+        rank, world_size = rank_world_size()
+        if shard is None: shard = world_size > 1
         for part, train in zip(_split(df, valid_pct, valid_col, seed), (True, False)):
             subjects = tio.SubjectsDataset([subject(r) for _, r in part.iterrows()],
                                            transform=volume_transform(config, pre_patch_tfms, train, resample_masks))
+            subject_sampler = (torch.utils.data.distributed.DistributedSampler(subjects, num_replicas=world_size, rank=rank, shuffle=train,
+                                                                               seed=seed or 0) if shard else None)
             queue = tio.Queue(subjects, max_length=config.queue_length, samples_per_volume=config.samples_per_volume,
                               sampler=make_sampler(config, mask_col is not None), num_workers=config.queue_num_workers,
-                              shuffle_subjects=train, shuffle_patches=train, verbose=False)
+                              subject_sampler=subject_sampler, shuffle_subjects=train and not shard, shuffle_patches=train, verbose=False)
             loaders.append(DataLoader(PatchDataset(queue, patch_tfms, train), bs=bs, shuffle=False, drop_last=False, num_workers=0))
         dls = cls(*loaders, **kwargs)
         dls.plan, dls.patch_config, dls.pre_patch_tfms, dls.patch_tfms = plan, config, pre_patch_tfms, list(patch_tfms or [])
