@@ -183,3 +183,23 @@ def test_two_machines_over_loopback(study, tmp_path):
         stdout, stderr = p.communicate(timeout=TIMEOUT)
         assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
     check_run(out / 'volumes'); check_run(out / 'patches')
+
+
+def test_cli_train_with_two_processes(study, tmp_path):
+    "`fastmonai train CONFIG --nproc 2`: the CLI launches torchrun itself; one epoch table, one model, and it learnt."
+    root, df = study
+    config = dict(task='segmentation', data=str(root / 'data.csv'), image_col='img_path', label_col='mask_path', valid_col='is_val',
+                  reorder=True, resample=1.5, item_tfms=[dict(name='ZNormalization'), dict(name='PadOrCrop', size=16)],
+                  arch='UNet', arch_kwargs=dict(spatial_dims=3, in_channels=1, out_channels=1, channels=[8, 16], strides=[2],
+                                                num_res_units=1),
+                  epochs=10, lr=3e-2, bs=1, output=str(tmp_path / 'model'), seed=0)
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    env = environment(FASTMONAI_CACHE_DIR=str(tmp_path / 'cache'))
+    res = run([sys.executable, '-m', 'fastMONAI.cli', 'train', str(tmp_path / 'config.json'), '--nproc', '2', '--quiet'], tmp_path, env)
+    rows = [l.split() for l in res.stdout.splitlines() if re.match(r'^\s+\d+\s+[\d.]+\s', l)]   # the CLI's epoch table
+    rows = [[int(r[0])] + [float(x) for x in r[1:4]] for r in rows]
+    assert len(rows) == 10, res.stdout                                  # printed by rank 0 only
+    assert rows[-1][3] > rows[0][3] + 0.3, rows                        # Dice went up
+    assert res.stdout.count('model saved to') == 1, res.stdout
+    assert sorted(p.name for p in (tmp_path / 'model').iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert len(list((tmp_path / 'cache').glob('??/*.json'))) == 2 * len(df)   # the processes shared one disk cache
