@@ -39,7 +39,7 @@ def current_seed() -> int|None:
     "The seed of the last `seed_everything` call in this process (None if it was never called)."
     return _SEED
 
-# %% ../nbs/16a_vision_training.ipynb #1a9ac56d
+# %% ../nbs/16a_vision_training.ipynb #bbb716a4
 class AccumulatedDice(Metric):
     "Dice from TP/FP/FN summed over the whole validation set, per foreground class (nnU-Net's pseudo Dice)."
     def __init__(self, n_classes: int|None=None, # classes including background (2 for binary); None: from the logits
@@ -58,17 +58,23 @@ class AccumulatedDice(Metric):
                              f"(expected {self.n_classes}, or 1 for a sigmoid output when n_classes=2)")
         return binary_masks(act, targ) if channels == 1 else multiclass_masks(act, targ)
 
-    def batch_counts(self, act, # raw logits `[B, C, X, Y, Z]`
-                     targ, # label batch `[B, 1, X, Y, Z]`
-                    ) -> torch.Tensor:
-        "TP, FP, FN of one batch per foreground class, `[K, 3]` (float64, CPU)."
+    def item_counts(self, act, # raw logits `[B, C, X, Y, Z]`
+                    targ, # label batch `[B, 1, X, Y, Z]`
+                   ) -> torch.Tensor:
+        "TP, FP, FN of each item per foreground class, `[B, K, 3]` (float64, CPU)."
         with torch.no_grad():
             pred, true = self._masks(act, targ)
-            cm = get_confusion_matrix(pred, true, include_background=True).sum(0)   # [K, 4]: TP, FP, TN, FN
-            return cm[:, [0, 1, 3]].double().cpu()
+            cm = get_confusion_matrix(pred, true, include_background=True)   # [B, K, 4]: TP, FP, TN, FN
+            return cm[..., [0, 1, 3]].double().cpu()
+
+    def batch_counts(self, act, targ) -> torch.Tensor:
+        "TP, FP, FN of one batch per foreground class, `[K, 3]`."
+        return self.item_counts(act, targ).sum(0)
 
     def accumulate(self, learn):
-        counts = self.batch_counts(learn.pred, learn.yb[0])
+        counts = self.item_counts(learn.pred, learn.yb[0])
+        gather = getattr(learn, 'to_detach', None)   # fastai's: in a distributed run, every process's items, padding dropped
+        counts = (gather(counts) if gather is not None else counts).sum(0)
         self.counts = counts if self.counts is None else self.counts + counts
 
     @property

@@ -99,13 +99,14 @@ def trained(study):
 def single_process_eval(root, df, folder):
     "The validation Dice and Hausdorff distance of the saved weights, computed by `get_preds` in this process."
     from fastMONAI.vision_all import (MedImageDataLoaders, MedMaskBlock, ZNormalization, PadOrCrop, RandomFlip, Learner,
-                                      binary_dice_score, binary_hausdorff_distance, load_model, noop)
+                                      binary_dice_score, binary_hausdorff_distance, load_model, noop, AccumulatedDice)
     dls = MedImageDataLoaders.from_df(df, fn_col='img_path', label_col='mask_path', y_block=MedMaskBlock, valid_col='is_val',
                                       item_tfms=[ZNormalization(), PadOrCrop(16), RandomFlip(p=0.5)], reorder=True, resample=1.5,
                                       bs=1, cache=False, num_workers=0)
     learn = Learner(dls, load_model(folder).model, loss_func=lambda p, t: p.mean())
     with learn.no_bar(): preds, targs = learn.get_preds(act=noop)
-    return float(binary_dice_score(preds, targs)), float(binary_hausdorff_distance(preds, targs))
+    tp, fp, fn = AccumulatedDice(n_classes=2).batch_counts(preds, targs)[0].tolist()
+    return float(binary_dice_score(preds, targs)), float(binary_hausdorff_distance(preds, targs)), 2 * tp / (2 * tp + fp + fn)
 
 
 def test_two_processes_train_like_one(trained):
@@ -115,9 +116,10 @@ def test_two_processes_train_like_one(trained):
     first, last = rows[0][3], rows[-1][3]
     assert last > first + 0.3, rows                                    # it learnt
     assert sorted(p.name for p in (root / 'model').iterdir()) == ['README.md', 'config.json', 'model.safetensors']
-    dice, hausdorff = single_process_eval(root, df, root / 'model')
+    dice, hausdorff, accumulated = single_process_eval(root, df, root / 'model')
     assert dice == pytest.approx(last, abs=1e-5)                       # the whole validation set, each item once
     assert hausdorff == pytest.approx(rows[-1][4], abs=1e-4)           # millimetres, from each item's geometry
+    assert accumulated == pytest.approx(rows[-1][5], abs=1e-5)         # TP/FP/FN of both processes' items, summed
 
 
 def test_cold_cache_written_once(trained):
