@@ -99,7 +99,7 @@ def expand_inputs(inputs) -> tuple:
         if v.resolve() not in seen: seen.add(v.resolve()); unique.append(v)
     return unique, problems
 
-# %% ../nbs/21_cli.ipynb #4a69303b
+# %% ../nbs/21_cli.ipynb #c477cc84
 def _progress(items):
     try:
         from fastprogress.fastprogress import progress_bar
@@ -200,7 +200,7 @@ def cmd_predict(args) -> int:
     "Predict the inputs with the model; report failures at the end."
     from fastMONAI.vision_export import load_model
     from fastMONAI.vision_predict import local_device, rank_world_size
-    try: model = load_model(args.model, device=local_device(args.device))   # several processes: one GPU each
+    try: model = load_model(args.model, device=local_device(args.device), tta=args.tta)   # several processes: one GPU each
     except (FileNotFoundError, ValueError) as e: raise CLIError(str(e)) from e
     rank, world = rank_world_size()
     if world > 1 and args.png or world > 1 and args.volumes:
@@ -491,7 +491,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #076376f1
+# %% ../nbs/21_cli.ipynb #ca46c42b
 def _int_at_least(low: int):
     "An argparse type: an integer ≥ `low`."
     def parse(text):
@@ -523,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--overwrite', action='store_true', help='replace existing predictions in OUTDIR')
     q.add_argument('--format', choices=list(OUTPUT_FORMATS), default='nifti',
                    help="segmentation output: NIfTI label maps, or DICOM-SEG objects referencing each input DICOM series")
+    q.add_argument('--tta', action='store_true', help='also average the mirror images of each scan (8x the work)')
     q.add_argument('--png', action='store_true', help='segmentation: also a three-plane picture of each scan with its prediction')
     q.add_argument('--volumes', action='store_true', help='segmentation: also OUTDIR/volumes.csv (mL and components per label and scan)')
     q.add_argument('--quiet', action='store_true', help='no progress bar')

@@ -22,10 +22,10 @@ from .vision_plan import Plan, PatchSettings, TransformSpec
 from .vision_predict import Predictor
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'STRING_ARGUMENTS', 'WEIGHT_ARGUMENTS', 'FORMAT', 'FORMAT_VERSION', 'json_types', 'PATCH_TYPES',
-           'PLAN_TYPES', 'register_architecture', 'check_arch_kwargs', 'expected_shapes', 'weight_shapes',
-           'create_model', 'save_weights', 'save_model', 'JSONType', 'check_json_types', 'check_plan_types',
-           'read_config', 'load_model', 'SafeModel', 'push_to_hub', 'from_hub']
+__all__ = ['ARCHITECTURES', 'STRING_ARGUMENTS', 'WEIGHT_ARGUMENTS', 'FORMAT', 'FORMAT_VERSION', 'SINGLE_FORMAT_VERSION',
+           'json_types', 'PATCH_TYPES', 'PLAN_TYPES', 'register_architecture', 'check_arch_kwargs', 'expected_shapes',
+           'weight_shapes', 'create_model', 'save_weights', 'save_model', 'JSONType', 'check_json_types',
+           'check_plan_types', 'read_config', 'load_model', 'SafeModel', 'save_ensemble', 'push_to_hub', 'from_hub']
 
 # %% ../nbs/08_vision_export.ipynb #226953e0
 ARCHITECTURES: dict = {}
@@ -140,10 +140,12 @@ def create_model(name: str, # a key of `ARCHITECTURES`, e.g. 'UNet'
     model._fastmonai_arch = dict(name=name, kwargs=kwargs)
     return model
 
-# %% ../nbs/08_vision_export.ipynb #22ba0690
+# %% ../nbs/08_vision_export.ipynb #e963a574
 FORMAT = 'fastMONAI-model'
-FORMAT_VERSION = 2 # 1: separate preprocessing/output/patch_config sections (read and converted); 2: the plan record
+FORMAT_VERSION = 3 # the newest this fastMONAI reads. 1: separate preprocessing/output/patch_config sections (read and converted); 2: the plan record; 3: an ensemble
+SINGLE_FORMAT_VERSION = 2 # what `save_model` writes (one network); `save_ensemble` writes 3
 _FILES = ('config.json', 'model.safetensors', 'README.md')
+_HUB_FILES = ('config.json', 'README.md', '*.safetensors') # what is uploaded and fetched: never pickles
 
 def _first_conv_in_channels(model: nn.Module):
     conv = next((m for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Conv2d, nn.Conv1d))), None)
@@ -188,13 +190,22 @@ def _with_v1_patch(plan: Plan, d: dict) -> Plan:
 
 def _model_card(config: dict) -> str:
     arch, plan = config['architecture'], config['plan']
+    members = (config.get('ensemble') or {}).get('members')
+    kind = f"ensemble of {len(members)} models ({', '.join(m['name'] for m in members)}; probabilities averaged)" if members else 'model'
     return (f"---\nlibrary_name: fastmonai\ntags:\n- fastMONAI\n- medical-imaging\n- {plan['task']}\n---\n\n"
-            f"# fastMONAI {plan['task']} model\n\nArchitecture: `{arch['name']}` with `{json.dumps(arch['kwargs'])}`.\n\n"
+            f"# fastMONAI {plan['task']} {kind}\n\nArchitecture: `{arch['name']}` with `{json.dumps(arch['kwargs'])}`.\n\n"
             f"Preprocessing: reorder={plan['reorder']}, target spacing={plan['target_spacing']}, "
             f"transforms {[t['name'] for t in plan['transforms']]}"
             f"{', sliding window ' + str(plan['patch']['patch_size']) if plan['patch'] else ''}.\n\n"
             "Load it without pickle:\n\n```python\nfrom fastMONAI.vision_export import load_model\n"
             "model = load_model('<this folder or hub id>')\nmask = model.predict('scan.nii.gz')\n```\n")
+
+def _check_savable(plan: Plan):
+    "Refuse a plan a saved model could not follow on a new scan."
+    if plan.needs_label:
+        raise ValueError(f"{plan.needs_label[0]!r} uses each item's label mask, which a new scan does not have, so a saved model "
+                         "cannot repeat it at inference; train with a transform that needs only the image (e.g. ZNormalization())")
+    if plan.task in ('classification', 'multilabel') and not plan.labels: raise ValueError(f"a {plan.task} model needs its class names (`vocab`)")
 
 def save_model(learn_or_model, # a fastai `Learner` (its plan is `learn.dls.plan`) or an `nn.Module`
                path, # folder to write (`config.json`, `model.safetensors`, `README.md`)
@@ -215,10 +226,7 @@ def save_model(learn_or_model, # a fastai `Learner` (its plan is `learn.dls.plan
     if plan is None and plan_keywords: plan = _plan_from_keywords(**plan_keywords)
     if plan is None and is_learner: plan = getattr(learn_or_model.dls, 'plan', None)
     if plan is None: raise ValueError("no plan: pass plan= (or task=, reorder=, resample=, item_tfms=...), or a Learner on fastMONAI DataLoaders")
-    if plan.needs_label:
-        raise ValueError(f"{plan.needs_label[0]!r} uses each item's label mask, which a new scan does not have, so a saved model "
-                         "cannot repeat it at inference; train with a transform that needs only the image (e.g. ZNormalization())")
-    if plan.task in ('classification', 'multilabel') and not plan.labels: raise ValueError(f"a {plan.task} model needs its class names (`vocab`)")
+    _check_savable(plan)
     plan = plan.replace(in_channels=_first_conv_in_channels(model))
     recorded = getattr(model, '_fastmonai_arch', None) or {}
     arch = arch or recorded.get('name')
@@ -226,7 +234,7 @@ def save_model(learn_or_model, # a fastai `Learner` (its plan is `learn.dls.plan
     _check_architecture(arch)
     arch_kwargs = _json_value(arch_kwargs if arch_kwargs is not None else recorded.get('kwargs', {}), f"the arguments of {arch}")
     _check_rebuild(arch, arch_kwargs, _state_dict(model))
-    config = dict(format=FORMAT, format_version=FORMAT_VERSION, fastmonai_version=fastMONAI.__version__,
+    config = dict(format=FORMAT, format_version=SINGLE_FORMAT_VERSION, fastmonai_version=fastMONAI.__version__,
                   architecture=dict(name=arch, kwargs=arch_kwargs), plan=plan.to_dict(), metadata=_json_value(metadata or {}, 'metadata'))
     def write(folder):
         save_weights(model, folder/'model.safetensors')
@@ -293,7 +301,7 @@ def check_plan_types(d: dict, # a plan as JSON (`Plan.to_dict()`)
     if isinstance(d.get('patch'), dict): check_json_types(d['patch'], PATCH_TYPES, f"{where}: plan.patch")
     return d
 
-# %% ../nbs/08_vision_export.ipynb #87301ad4
+# %% ../nbs/08_vision_export.ipynb #1768e88d
 def _v1_plan(config: dict) -> dict:
     "The plan of a format-version-1 config."
     pre, out = config.get('preprocessing') or {}, config.get('output') or {}
@@ -320,6 +328,7 @@ def read_config(path) -> dict:
     _check_architecture(arch.get('name'), where=f"{fn}: ")
     check_arch_kwargs(arch['name'], arch.get('kwargs', {}), where=str(fn))
     if version >= 2 and 'plan' in config: check_plan_types(config['plan'], str(fn))
+    if version >= 3 and config.get('ensemble') is not None: _check_ensemble(config['ensemble'], fn)
     if version == 1:
         check_json_types(config.get('preprocessing') or {}, dict(reorder=_T.bool, resample=_T.spacing.or_null(), item_tfms=_T.transform.list(),
                                                                   in_channels=_T.positive_int.or_null()), f"{fn}: preprocessing")
@@ -331,14 +340,51 @@ def read_config(path) -> dict:
     except (TypeError, ValueError) as e: raise ValueError(str(e) if str(fn) in str(e) else f"{fn}: {e}") from e
     return {**config, 'plan': plan}
 
+_MEMBER_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,99}')
+
+def _check_ensemble(ensemble, fn):
+    "An ensemble's members: names and weight files that are plain names inside the folder."
+    check_json_types(ensemble, dict(members=_T.dict.list()), f"{fn}: ensemble")
+    members = ensemble.get('members') or []
+    if not members: raise ValueError(f"{fn}: an ensemble with no members")
+    for m in members:
+        check_json_types(m, dict(name=_T.str, weights=_T.str, metadata=_T.dict.or_null()), f"{fn}: ensemble member")
+        w = str(m.get('weights', ''))
+        if not _MEMBER_NAME.fullmatch(str(m.get('name', ''))) or not (_MEMBER_NAME.fullmatch(w) and w.endswith('.safetensors')):
+            raise ValueError(f"{fn}: ensemble member {m.get('name')!r} with weights {w!r}: names are letters, digits, '_', '-', '.', "
+                             "and weights a `.safetensors` file in the model folder")
+    names = [m['name'] for m in members]
+    if len(set(names)) != len(names): raise ValueError(f"{fn}: ensemble members named twice: {names}")
+
 def _is_hub_id(s) -> bool:
     return isinstance(s, str) and re.fullmatch(r'[\w.-]+/[\w.-]+', s) is not None and not Path(s).exists()
 
-def load_model(path, # a model folder written by `save_model`, or a Hugging Face Hub id 'owner/name'
-               device='cpu', # where the network runs
+def _build_network(config: dict, # `read_config`'s result
+                   weights: Path) -> nn.Module: # a safetensors file of the folder
+    "The registered architecture, checked against the weights' header, then filled by a strict `load_state_dict`."
+    arch = config['architecture']
+    name, kwargs, cfg = arch['name'], arch.get('kwargs', {}), weights.parent/'config.json'
+    if not weights.exists(): raise FileNotFoundError(f"{weights}: missing (fastMONAI only loads safetensors weights)")
+    found, expected = weight_shapes(weights), expected_shapes(name, kwargs)   # header only; `meta` device: no memory
+    if expected is not None and (diff := _shape_differences(expected, found)):
+        raise ValueError(f"{weights}: does not fit {name} as configured in {cfg} ({'; '.join(diff)})")
+    try: model = ARCHITECTURES[name](**_without_downloads(name, kwargs))
+    except Exception as e: raise ValueError(f"{cfg}: {name} cannot be built with its arguments ({type(e).__name__}: {e})") from e
+    if expected is None and (diff := _shape_differences({k: tuple(v.shape) for k, v in model.state_dict().items()}, found)):
+        raise ValueError(f"{weights}: does not fit {name} as configured in {cfg} ({'; '.join(diff)})")
+    try: state = load_file(str(weights))
+    except Exception as e: raise ValueError(f"{weights}: cannot be read as safetensors ({e})") from e
+    try: model.load_state_dict(state, strict=True)
+    except RuntimeError as e: raise ValueError(f"{weights}: does not fit {name} as configured ({str(e)[:300]})") from e
+    model._fastmonai_arch = dict(name=name, kwargs=kwargs)
+    return model
+
+def load_model(path, # a model (or ensemble) folder written by `save_model`/`save_ensemble`, or a Hugging Face Hub id 'owner/name'
+               device='cpu', # where the network(s) run
                revision: str|None=None, # hub only: branch, tag or commit
-               cache_dir=None): # hub only: download cache
-    "Rebuild a saved model (no pickle): returns a `SafeModel`."
+               cache_dir=None, # hub only: download cache
+               tta: bool=False): # also average mirror images when predicting
+    "Rebuild a saved model or ensemble (no pickle): returns a `SafeModel`."
     if _is_hub_id(str(path)) and not Path(path).is_dir():
         try: local = _download(str(path), revision=revision, cache_dir=cache_dir)
         except Exception as e:
@@ -347,53 +393,53 @@ def load_model(path, # a model folder written by `save_model`, or a Hugging Face
         path = local
     path = Path(path)
     config = read_config(path)                      # names, types, and the architecture's arguments checked
-    weights = path/'model.safetensors'
-    if not weights.exists(): raise FileNotFoundError(f"{weights}: missing (fastMONAI only loads safetensors weights)")
-    arch = config['architecture']
-    name, kwargs = arch['name'], arch.get('kwargs', {})
-    found, expected = weight_shapes(weights), expected_shapes(name, kwargs)   # header only; `meta` device: no memory
-    if expected is not None and (diff := _shape_differences(expected, found)):
-        raise ValueError(f"{weights}: does not fit {name} as configured in {path/'config.json'} ({'; '.join(diff)})")
-    try: model = ARCHITECTURES[name](**_without_downloads(name, kwargs))
-    except Exception as e: raise ValueError(f"{path/'config.json'}: {name} cannot be built with its arguments ({type(e).__name__}: {e})") from e
-    if expected is None and (diff := _shape_differences({k: tuple(v.shape) for k, v in model.state_dict().items()}, found)):
-        raise ValueError(f"{weights}: does not fit {name} as configured in {path/'config.json'} ({'; '.join(diff)})")
-    try: state = load_file(str(weights))
-    except Exception as e: raise ValueError(f"{weights}: cannot be read as safetensors ({e})") from e
-    try: model.load_state_dict(state, strict=True)
-    except RuntimeError as e: raise ValueError(f"{weights}: does not fit {name} as configured ({str(e)[:300]})") from e
-    model._fastmonai_arch = dict(name=arch['name'], kwargs=arch.get('kwargs', {}))
-    return SafeModel(model, config, path=path, device=device)
+    members = (config.get('ensemble') or {}).get('members')
+    if not members: return SafeModel(_build_network(config, path/'model.safetensors'), config, path=path, device=device, tta=tta)
+    return SafeModel([_build_network(config, path/m['weights']) for m in members], config, path=path, device=device, tta=tta)
 
-# %% ../nbs/08_vision_export.ipynb #54265408
+# %% ../nbs/08_vision_export.ipynb #7809e5a3
 class SafeModel:
     "A network rebuilt from a safe model folder, predicting the way its plan says."
-    def __init__(self, model: nn.Module, # the rebuilt network
+    def __init__(self, model, # the rebuilt network, or the networks of an ensemble (a list)
                  config: dict, # `read_config`'s result (with its `plan`)
                  path=None, # the model folder
                  device='cpu', # where the network runs
                  tta: bool=False, # average mirror images
                  amp: bool=False): # mixed precision on CUDA
-        self.model, self.config, self.path, self.device = model, config, Path(path) if path else None, torch.device(device)
+        self.models = list(model) if isinstance(model, (list, tuple)) else [model]
+        self.model, self.config, self.path, self.device = self.models[0], config, Path(path) if path else None, torch.device(device)
         self.plan: Plan = config['plan'] if isinstance(config['plan'], Plan) else Plan.from_dict(config['plan'])
-        self.model.to(self.device).eval()
-        self.predictor = Predictor(self.model, self.plan, tta=tta, amp=amp)
+        for m in self.models: m.to(self.device).eval()
+        self.predictor = Predictor(self.models, self.plan, tta=tta, amp=amp)
+
+    @property
+    def members(self) -> list:
+        "The names of an ensemble's members (`['model']` for a single network)."
+        return [m['name'] for m in (self.config.get('ensemble') or {}).get('members') or [dict(name='model')]]
+
+    @property
+    def tta(self) -> bool: return self.predictor.tta
+    @tta.setter
+    def tta(self, value: bool): self.predictor.tta = bool(value)
 
     @property
     def task(self) -> str: return self.plan.task
     @property
     def vocab(self): return list(self.plan.labels) if self.plan.labels is not None else None
 
-    def __repr__(self): return f"SafeModel({self.config['architecture']['name']}, {self.plan!r})"
+    def __repr__(self):
+        n = len(self.models)
+        return f"SafeModel({self.config['architecture']['name']}{f' x{n} ensemble' if n > 1 else ''}, {self.plan!r})"
 
     def preprocess(self, fn) -> MedImage:
         "Read `fn` (file, DICOM folder or list of channel files) and prepare it as the model's training data was."
         return self.predictor.preprocess(fn)
 
     def predict_logits(self, fn) -> torch.Tensor:
-        "Raw network output for one file (or an already preprocessed `MedImage`), on the preprocessed grid."
+        "Raw network output for one file (or an already preprocessed `MedImage`), on the preprocessed grid (an ensemble: the members' mean)."
         x = fn if isinstance(fn, MedBase) else self.preprocess(fn)
-        with torch.no_grad(): out = as_tensor(self.model(as_tensor(x)[None].float().to(self.device)))[0].cpu()
+        with torch.no_grad():
+            out = torch.stack([as_tensor(m(as_tensor(x)[None].float().to(self.device)))[0].cpu() for m in self.models]).mean(0)
         return MedImage(out, affine=x.affine, source=x.__dict__.get('source')) if out.ndim == 4 else out
 
     def predict(self, fn, # a file, DICOM folder, or list of channel files
@@ -405,7 +451,66 @@ class SafeModel:
         "Predict many scans into `outdir` (see `Predictor.predict_files`)."
         return self.predictor.predict_files(inputs, outdir, **kwargs)
 
-# %% ../nbs/08_vision_export.ipynb #b4160408
+# %% ../nbs/08_vision_export.ipynb #48d84061
+def _member(m, plan: Plan|None, where: str) -> tuple:
+    "`(network, architecture name, kwargs, plan)` of an ensemble member."
+    if isinstance(m, (str, Path)): m = load_model(m)
+    if isinstance(m, SafeModel):
+        if len(m.models) > 1: raise ValueError(f"{where} is itself an ensemble of {len(m.models)}: pass its members")
+        arch = m.config['architecture']
+        return m.model, arch['name'], arch.get('kwargs', {}), plan or m.plan
+    is_learner = hasattr(m, 'dls') and hasattr(m, 'model')
+    net = m.model if is_learner else m
+    if not isinstance(net, nn.Module): raise TypeError(f"{where}: expected a Learner, nn.Module, SafeModel or model folder, not {type(m).__name__}")
+    recorded = getattr(net, '_fastmonai_arch', None) or {}
+    if not recorded.get('name'): raise ValueError(f"{where}: unknown architecture; build it with `create_model(name, **kwargs)`")
+    return net, recorded['name'], recorded.get('kwargs', {}), plan or (getattr(m.dls, 'plan', None) if is_learner else None)
+
+def save_ensemble(members, # Learners, networks (`create_model`), `SafeModel`s or model folders: one architecture, one plan
+                  path, # the folder to write
+                  names=None, # a name per member (default 'member_0', ...; cross-validation uses 'fold_0', ...)
+                  plan: Plan|None=None, # the plan of all members (default: each member's own, which must agree)
+                  overwrite: bool=False, # replace an existing model folder
+                  metadata: dict|None=None, # extra JSON information stored in the config
+                  member_metadata=None) -> Path: # a JSON dict per member (e.g. its fold's validation scores)
+    "Save networks that predict together (probabilities averaged) as one model folder, atomically. Returns the folder."
+    members = list(members)
+    if not members: raise ValueError("an ensemble needs at least one member")
+    names = [str(n) for n in names] if names is not None else [f'member_{i}' for i in range(len(members))]
+    if len(names) != len(members): raise ValueError(f"{len(names)} names for {len(members)} members")
+    bad = [n for n in names if not _MEMBER_NAME.fullmatch(n)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"member names must be distinct and made of letters, digits, '_', '-', '.': {bad or names}")
+    extra = list(member_metadata) if member_metadata is not None else [None] * len(members)
+    if len(extra) != len(members): raise ValueError(f"{len(extra)} member_metadata entries for {len(members)} members")
+    found = [_member(m, plan, f"member {n!r}") for m, n in zip(members, names)]
+    net0, arch, kwargs, plan0 = found[0]
+    if plan0 is None: raise ValueError("no plan: pass plan=, or members that carry one (Learners on fastMONAI DataLoaders, model folders)")
+    _check_architecture(arch)
+    kwargs = _json_value(kwargs, f"the arguments of {arch}")
+    same = lambda p: {**p.to_dict(), 'in_channels': None}
+    for (net, a, k, p), n in zip(found[1:], names[1:]):
+        if (a, _json_value(k, f"the arguments of {a}")) != (arch, kwargs):
+            raise ValueError(f"member {n!r} is {a}({k}) but member {names[0]!r} is {arch}({kwargs}): an ensemble shares one architecture")
+        if p is None or same(p) != same(plan0):
+            diff = sorted(key for key in same(plan0) if p is None or same(p)[key] != same(plan0)[key])
+            raise ValueError(f"member {n!r} has another plan than member {names[0]!r} (differing: {diff}): averaging their "
+                             "probabilities needs the same preprocessing and outputs")
+    _check_savable(plan0)
+    plan0 = plan0.replace(in_channels=_first_conv_in_channels(net0))
+    states = [_state_dict(net) for net, *_ in found]
+    for st in states: _check_rebuild(arch, kwargs, st)
+    config = dict(format=FORMAT, format_version=3, fastmonai_version=fastMONAI.__version__, architecture=dict(name=arch, kwargs=kwargs),
+                  plan=plan0.to_dict(), metadata=_json_value(metadata or {}, 'metadata'),
+                  ensemble=dict(members=[dict(name=n, weights=f'{n}.safetensors', metadata=_json_value(e or {}, f'metadata of {n}'))
+                                         for n, e in zip(names, extra)]))
+    def write(folder):
+        for n, st in zip(names, states): save_file(st, str(folder/f'{n}.safetensors'), metadata=dict(format='pt', library='fastMONAI'))
+        (folder/'config.json').write_text(json.dumps(config, indent=2))
+        (folder/'README.md').write_text(_model_card(config))
+    return atomic_write_folder(path, write, overwrite, replaceable=lambda f: (f/'config.json').exists(), what='fastMONAI model folder')
+
+# %% ../nbs/08_vision_export.ipynb #73596755
 def push_to_hub(path_or_model, # a model folder, or a `SafeModel` loaded from one
                 repo_id: str, # 'owner/name' on the Hub
                 token: str|None=None, # a Hub token; default: huggingface_hub's login
@@ -418,7 +523,7 @@ def push_to_hub(path_or_model, # a model folder, or a `SafeModel` loaded from on
     api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type='model', private=private, exist_ok=True)
     info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type='model',
-                             commit_message=commit_message, allow_patterns=list(_FILES))
+                             commit_message=commit_message, allow_patterns=list(_HUB_FILES))
     return str(getattr(info, 'commit_url', info))
 
 def from_hub(repo_id: str, # 'owner/name' on the Hub
@@ -430,6 +535,6 @@ def from_hub(repo_id: str, # 'owner/name' on the Hub
     return load_model(_download(repo_id, revision=revision, cache_dir=cache_dir, token=token), device=device)
 
 def _download(repo_id, revision=None, cache_dir=None, token=None) -> Path:
-    "The three model files of a Hub repository (nothing else is fetched), in huggingface_hub's cache."
+    "The model files of a Hub repository (config, model card, safetensors weights; nothing else is fetched), in huggingface_hub's cache."
     return Path(huggingface_hub.snapshot_download(repo_id=repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                                  allow_patterns=list(_FILES)))
+                                                  allow_patterns=list(_HUB_FILES)))
