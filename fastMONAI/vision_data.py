@@ -23,8 +23,8 @@ import fastMONAI.vision_show   # the show_batch/show_results/plot_top_losses ove
 
 # %% auto #0
 __all__ = ['MaskOnImageGrid', 'MedReader', 'MedMaskBlock', 'split_item_tfms', 'AttachGeometry', 'CheckPairs', 'MaskOnImageGetter',
-           'MedDataBlock', 'PathColReader', 'MedImageDataLoaders', 'pred_to_binary_mask', 'pred_to_multiclass_mask',
-           'batch_pred_to_multiclass_mask']
+           'MedDataBlock', 'PathColReader', 'MedTfmdDL', 'MedImageDataLoaders', 'pred_to_binary_mask',
+           'pred_to_multiclass_mask', 'batch_pred_to_multiclass_mask']
 
 # %% ../nbs/15_vision_data.ipynb #e979a952
 class MaskOnImageGrid(list):
@@ -105,7 +105,7 @@ class MedReader(DisplayedTransform):
 
 def _is_reader_fn(f, cls): return getattr(f, '__func__', None) is MedBase.create.__func__ and getattr(f, '__self__', None) is cls
 
-# %% ../nbs/15_vision_data.ipynb #f2c4a2fb
+# %% ../nbs/15_vision_data.ipynb #e9dcaa4c
 def MedMaskBlock():
     "A `TransformBlock` for label volumes read as `MedMask`."
     return TransformBlock(type_tfms=MedMask.create)
@@ -202,6 +202,7 @@ class MedDataBlock(DataBlock):
         rest, self.batch_augmentation = split_batch_augmentation(rest) if batch_augment else (rest, [])
         batch_tfms = [tw.batch for tw in self.batch_augmentation] + list(L(batch_tfms)) + [AttachGeometry()]
         super().__init__(blocks=blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=rest, batch_tfms=batch_tfms, **kwargs)
+        if self.dl_type is TfmdDL: self.dl_type = MedTfmdDL     # (it tells a background cache fill the epoch's order)
         is_mask = [any(_is_reader_fn(f, MedMask) for f in tfms) for tfms in self.type_tfms]
         if any(is_mask):
             given = as_label_values(labels)
@@ -294,7 +295,7 @@ class MedDataBlock(DataBlock):
                                       labels=None if labels is None else [v if isinstance(v, (int, float, str)) else str(v) for v in labels])
         return res
 
-# %% ../nbs/15_vision_data.ipynb #2a117baf
+# %% ../nbs/15_vision_data.ipynb #609d92f4
 class PathColReader(ColReader):
     "`ColReader` for file names: `name + suff`, joined to `folder` unless it is absolute."
     def __init__(self, cols, folder=None, suff=''):
@@ -303,6 +304,14 @@ class PathColReader(ColReader):
     def _do_one(self, r, c):
         o = super()._do_one(r, c)
         return o if self.folder is None else os.path.join(self.folder, o)   # `join` keeps an absolute `o`
+
+class MedTfmdDL(TfmdDL):
+    "fastai's `TfmdDL`; when `on_epoch_order` is set, it is told the order in which an epoch will ask for its items."
+    on_epoch_order = None # a callable `(dl, idxs)`, e.g. set by `vision_learner.FillCache` for the first epoch
+    def get_idxs(self):
+        idxs = super().get_idxs()
+        if self.on_epoch_order is not None: self.on_epoch_order(self, list(idxs))
+        return idxs
 
 class MedImageDataLoaders(DataLoaders):
     "DataLoaders for 3D medical images, carrying their `plan`."
@@ -336,6 +345,15 @@ class MedImageDataLoaders(DataLoaders):
                 if reader.cache is None: continue
                 jobs += [(reader, MedReader.as_input(getters[i](item))) for item in items]
         return jobs
+
+    def item_jobs(self, dl, # one of the loaders
+                  idxs=None) -> list: # positions in `dl`'s dataset, in the order wanted (None: all, in order)
+        "`(reader, input)` for the cached readers of the items at `idxs` of `dl`, item by item in that order."
+        if self.block is None: return []
+        items = dl.items
+        rows = [items.iloc[i] if hasattr(items, 'iloc') else items[i] for i in (range(len(items)) if idxs is None else idxs)]
+        readers = [(i, r) for i, r in self.block.readers.items() if r.cache is not None]
+        return [(r, MedReader.as_input(self.block.getters[i](row))) for row in rows for i, r in readers]
 
     def fill_cache(self, n_workers: int|None=None) -> dict: # processes (None: one per CPU; 0: in this process)
         "Read every volume once through the cached readers (in parallel), so every epoch reads from the cache."
