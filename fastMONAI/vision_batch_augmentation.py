@@ -60,7 +60,7 @@ class BatchTransform(ItemTransform):
         res = self.apply(p, x, params)
         return x if res is p else _rewrap(res, x)
 
-# %% ../nbs/10_vision_batch_augmentation.ipynb #a9604ef4
+# %% ../nbs/10_vision_batch_augmentation.ipynb #b9e1e600
 def _range(v, centre=0.):
     "A number `v` as the range (centre - v, centre + v); a pair as itself."
     if np.isscalar(v): return (centre - float(v), centre + float(v))
@@ -123,18 +123,28 @@ def _geometry(x: MedBase, n: int) -> tuple:
     if x.__dict__.get('batch_geometry'):
         for i, a in enumerate(_item_affines(x)[:n]):
             if a is None: continue
-            m = torch.as_tensor(np.asarray(a, float)[:3, :3])
+            m = torch.tensor(np.asarray(a, float)[:3, :3])
             spacing[i] = m.norm(dim=0); directions[i] = m / spacing[i]
     return spacing, directions
 
-def affine_grid_3d(theta: torch.Tensor, # [k, 3, 4] in `F.affine_grid`'s conventions
-                size) -> torch.Tensor: # [k, C, D, H, W]
-    "`F.affine_grid(theta, size, align_corners=False)` for 3D, built from three 1-D ramps (several times faster on CPU)."
+def _grid_components(theta, size) -> list:
     k, (d, h, w) = theta.shape[0], size[-3:]
     def ramp(n, shape): return ((torch.arange(n, device=theta.device, dtype=theta.dtype) * 2 + 1) / n - 1).view(shape)
     u, v, z = ramp(w, (1, 1, 1, w)), ramp(h, (1, 1, h, 1)), ramp(d, (1, d, 1, 1))
     t = theta.view(k, 3, 4, 1, 1, 1)
-    return torch.stack([(t[:, i, 0] * u + t[:, i, 1] * v + t[:, i, 3]) + t[:, i, 2] * z for i in range(3)], -1)
+    return [(t[:, i, 0] * u + t[:, i, 1] * v + t[:, i, 3]) + t[:, i, 2] * z for i in range(3)]
+
+def affine_grid_3d(theta: torch.Tensor, # [k, 3, 4] in `F.affine_grid`'s conventions
+                size) -> torch.Tensor: # [k, C, D, H, W]
+    "`F.affine_grid(theta, size, align_corners=False)` for 3D, built from three 1-D ramps (several times faster on CPU)."
+    return torch.stack(_grid_components(theta, size), -1)
+
+def _grid_and_inside(theta, size) -> tuple:
+    "The sampling grid and where it falls inside the volume (`[k, 1, D, H, W]`), from the same components."
+    comps = _grid_components(theta, size)
+    inside = comps[0].abs() <= 1
+    for c in comps[1:]: inside &= c.abs() <= 1
+    return torch.stack(comps, -1), inside.unsqueeze(1)
 
 def warp_batch(x: torch.Tensor, # batch [k, C, X, Y, Z]
                  matrices: torch.Tensor, # [k, 3, 3] in mm along the voxel axes: output point → input point
@@ -153,17 +163,20 @@ def warp_batch(x: torch.Tensor, # batch [k, C, X, Y, Z]
     t = shifts.to(torch.float64) / half
     theta = torch.cat([m, t[..., None]], 2)[:, [2, 1, 0]][:, :, [2, 1, 0, 3]]   # (X, Y, Z) → grid order (Z, Y, X)
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    key = (tuple(x.shape[-3:]), str(x.device), dtype, theta.numpy().tobytes())
-    grid = grids.get(key) if grids is not None else None
-    if grid is None: grid = affine_grid_3d(theta.to(device=x.device, dtype=dtype), x.shape)
-    if grids is not None: grids[key] = grid
-    if pad_value is None: out = F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=False)
-    else:
-        out = F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode='border', align_corners=False)
-        inside = (grid.abs() <= 1).all(-1, keepdim=True).movedim(-1, 1)   # within the volume's outer faces
-        pad = torch.as_tensor(pad_value, dtype=dtype, device=x.device)
-        out = torch.where(inside, out, pad.view(-1, 1, 1, 1, 1) if pad.ndim else pad)
-    return out if x.is_floating_point() else out.round().to(x.dtype)
+    key = (tuple(x.shape[-3:]), str(x.device), dtype, theta.numpy().tobytes(), pad_value is not None)
+    cached = grids.get(key) if grids is not None else None
+    if cached is None:
+        th = theta.to(device=x.device, dtype=dtype)
+        cached = _grid_and_inside(th, x.shape) if pad_value is not None else (affine_grid_3d(th, x.shape), None)
+        if grids is not None: grids[key] = cached
+    grid, inside = cached                                           # inside: within the volume's outer faces
+    if pad_value is None: return _as_input_dtype(F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=False), x)
+    out = F.grid_sample(x.to(dtype), grid, mode=mode, padding_mode='border', align_corners=False)
+    if torch.is_tensor(pad_value) and pad_value.ndim: out = torch.where(inside, out, pad_value.to(out).view(-1, 1, 1, 1, 1))
+    else: out.masked_fill_(~inside, float(pad_value))
+    return _as_input_dtype(out, x)
+
+def _as_input_dtype(out, x): return out if x.is_floating_point() else out.round().to(x.dtype)
 
 class BatchRandomAffine(BatchTransform):
     "Random scaling/rotation/translation per item of a batch, as TorchIO's `RandomAffine`; the same matrix for its images and masks."
