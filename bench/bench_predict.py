@@ -124,8 +124,7 @@ def main():
             'MONAI\'s `Spacingd` keeps the first voxel centre and rounds the size up (77 x 77 x 58): the networks see samples '
             'half a voxel apart. The network has random weights, so its output changes from voxel to voxel and such a shift '
             'flips many of them; a trained network, whose output is smooth, would differ only along edges. Smaller causes: '
-            'TorchIO\'s z-normalisation divides by the unbiased standard deviation, MONAI\'s by the biased one, and for whole '
-            'volumes the two pad the odd extra voxel on different sides.')
+            'TorchIO\'s z-normalisation divides by the unbiased standard deviation, MONAI\'s by the biased one.')
         say(f'\nLoad average at the end: {os.getloadavg()[0]:.2f}.')
     if args.out: Path(args.out).write_text('\n'.join(lines) + '\n')
 
