@@ -6,7 +6,8 @@ with a GPU (it says so and exits 0 where there is none):
 
 It checks, on generated phantoms:
 1. batch augmentation (`BatchRandomAffine`, `BatchRandomFlip`, intensity) runs on the GPU, keeps image and mask
-   aligned, and its speed on the GPU vs the CPU;
+   aligned, and its speed on the GPU vs the CPU; the paper's item transforms (`RandomAffine`, `RandomFlip`),
+   moved onto batches by `MedDataBlock`, run on the GPU too, and give TorchIO's voxels there;
 2. mixed-precision training (`learn.to_fp16()`) of a small UNet with `CustomLoss(DiceFocalLoss)` learns
    (Dice rises) and the batches' geometry survives the move to the device;
 3. `PatchInferenceEngine(..., amp=True)` on the GPU agrees with the fp32 CPU prediction (Dice > 0.95);
@@ -28,7 +29,8 @@ def main() -> int:
     from fastMONAI.vision_all import (MedDataBlock, MedMaskBlock, ImageBlock, MedImage, ColReader, ColSplitter, Learner,
                                       UNet, CustomLoss, DiceFocalLoss, binary_dice_score, ZNormalization, PadOrCrop,
                                       BatchRandomAffine, BatchRandomFlip, BatchRandomNoise, PatchConfig,
-                                      PatchInferenceEngine, inference)
+                                      PatchInferenceEngine, inference, RandomAffine, RandomFlip, batch_twin, apply_tio)
+    import torchio as tio
     from fastMONAI.testing import make_phantom_dataset
     import nibabel as nib
     dev, failures = torch.device(device_name), []
@@ -39,9 +41,9 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp())
     df = make_phantom_dataset(tmp, n=24, shape=(48, 48, 32), spacing=(1., 1., 1.5), orientations=('RAS', 'LPS', 'PIR'), noise=0.3)
     df['is_val'] = [i % 6 == 5 for i in range(len(df))]
-    def dls_on(device, batch_tfms=None, cache=True):
+    def dls_on(device, batch_tfms=None, cache=True, augmentation=()):
         block = MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), get_x=ColReader('img_path'), get_y=ColReader('mask_path'),
-                             splitter=ColSplitter('is_val'), item_tfms=[ZNormalization(), PadOrCrop([48, 48, 48])],
+                             splitter=ColSplitter('is_val'), item_tfms=[ZNormalization(), PadOrCrop([48, 48, 48])] + list(augmentation),
                              batch_tfms=batch_tfms, reorder=True, resample=1., cache=cache)
         return block.dataloaders(df, bs=4, num_workers=0, device=device)
 
@@ -60,6 +62,17 @@ def main() -> int:
             for b in dls.train: pass
         if device == 'cuda': torch.cuda.synchronize()
         print(f'     {device}: {3 * len(dls.train_ds) / (time.perf_counter() - start):.0f} volumes/s with batch augmentation')
+
+    paper = dls_on(dev, augmentation=[RandomAffine(scales=0.1, degrees=5, p=0.5), RandomFlip(p=0.5)])
+    x, y = paper.one_batch()
+    check('the paper\'s item augmentation runs on whole batches on the device', len(paper.batch_augmentation) == 2 and
+          x.device.type == dev.type and set(y.unique().tolist()) <= {0., 1.}, f'({paper.batch_augmentation})')
+    xv, yv = paper.valid.one_batch()
+    twin = batch_twin(RandomAffine(scales=(1.1, 1.1), degrees=(7, 7), translation=(2, 2), p=1.))
+    xo, yo = twin((xv, yv), split_idx=0)
+    ref = [apply_tio(tio.Affine((1.1,) * 3, (7.,) * 3, (2.,) * 3, default_pad_value=0.), [xv[i].cpu(), yv[i].cpu()]) for i in range(len(xv))]
+    err = max(float((xo[i].cpu() - r[0]).abs().max()) for i, r in enumerate(ref))
+    check('batch twin on the device gives TorchIO\'s voxels', err < 1e-3, f'(max difference {err:.2e})')
 
     # 2. mixed precision training
     dls = dls_on(dev, tfms)

@@ -21,7 +21,7 @@ __all__ = ['MedTransform', 'MedRandTransform', 'PlanTransform', 'ZNormalization'
            'RandomGamma', 'RandomMotion', 'RandomGhosting', 'RandomSpike', 'RandomIntensityScale', 'RandomCutout',
            'OneOf']
 
-# %% ../nbs/09_vision_augmentation.ipynb #2737b37c
+# %% ../nbs/09_vision_augmentation.ipynb #e7476772
 class MedTransform(ItemTransform):
     "A fastai item transform running `tio_transform` on image(s) and mask(s) of an item together."
     split_idx = None # deterministic: applied to every split and at inference
@@ -36,9 +36,15 @@ class MedTransform(ItemTransform):
     def __repr__(self): return repr(self.spec) if self.spec is not None else f"{self.__class__.__name__}({self.tio_transform!r})"
 
 class MedRandTransform(MedTransform):
-    "A random `MedTransform`: training set only."
+    "A random `MedTransform`: training set only; its repr is the call that made it."
     split_idx = 0
     deterministic = False
+    def __new__(cls, *args, **kwargs):
+        res = super().__new__(cls); res._made_with = (args, kwargs)   # what the user typed, for summaries and records
+        return res
+    def __repr__(self):
+        args, kwargs = self.__dict__.get('_made_with', ((), {}))
+        return f"{type(self).__name__}({', '.join([repr(a) for a in args] + [f'{k}={v!r}' for k, v in kwargs.items()])})"
 
 # %% ../nbs/09_vision_augmentation.ipynb #4a2bcff7
 class PlanTransform(MedTransform):

@@ -24,7 +24,7 @@ from .vision_core import MedBase, MedImage, MedMask, as_tensor
 # %% auto #0
 __all__ = ['CACHE_FORMAT_VERSION', 'CACHE_MARKER', 'DEFAULT_MAX_DISK_BYTES', 'data_files', 'file_identity', 'cache_key',
            'MemoryLRU', 'default_cache_dir', 'cache_writer', 'is_cache_folder', 'VolumeCache', 'default_cache',
-           'get_cache', 'fill_cache']
+           'get_cache', 'fill_cache', 'BackgroundFill']
 
 # %% ../nbs/13_vision_cache.ipynb #955f601e
 CACHE_FORMAT_VERSION = 3 # 2: reader settings from the plan record; 3: entries carry a checksum
@@ -126,7 +126,7 @@ class MemoryLRU:
         with self.lock: self.data.clear(); self.nbytes = 0
     def __len__(self): return len(self.data)
 
-# %% ../nbs/13_vision_cache.ipynb #c9b08a1e
+# %% ../nbs/13_vision_cache.ipynb #d502d3ef
 def default_cache_dir() -> Path:
     "`FASTMONAI_CACHE_DIR` if set, else `~/.cache/fastMONAI`."
     return Path(os.environ.get('FASTMONAI_CACHE_DIR') or Path.home() / '.cache' / 'fastMONAI').expanduser()
@@ -203,8 +203,9 @@ class VolumeCache:
 
     def _init_runtime(self):
         self.memory = MemoryLRU(self.memory_bytes)
-        self.hits_memory = self.hits_disk = self.misses = self.uncached = self.damaged = 0
+        self.hits_memory = self.hits_disk = self.misses = self.uncached = self.damaged = self.waited = 0
         self._disk_full, self._writer, self._writer_pid, self._pending = False, None, None, []
+        self._expected = {}   # key → future of a `BackgroundFill` job making that entry
 
     def __reduce__(self):
         # the default cache travels as "the default cache of wherever it is unpickled": an exported learner
@@ -286,6 +287,7 @@ class VolumeCache:
         memory = self.memory_bytes and torch.utils.data.get_worker_info() is None   # (see below)
         hit = self.memory.get(key) if memory else None
         if hit is not None: self.hits_memory += 1; return _as_requested(_unpack(*hit, dtype=reader.dtype), o)
+        if self._expected: self._wait(key)
         hit = self._disk_get(key) if self.disk else None
         if hit is not None: self.hits_disk += 1
         else:
@@ -297,10 +299,18 @@ class VolumeCache:
         if memory: self.memory.put(key, hit)
         return _as_requested(_unpack(*hit, dtype=reader.dtype), o)
 
+    def _wait(self, key):
+        "If a background fill is making the entry of `key`, wait for it (a failed job leaves the work, and its error, to this process)."
+        future = self._expected.pop(key, None)
+        if future is None: return
+        if not future.done(): self.waited += 1
+        try: future.result()
+        except Exception: pass
+
     def stats(self) -> dict:
-        "Counts of this process: memory hits, disk hits, misses (computed), uncached reads, damaged entries (rebuilt)."
+        "Counts of this process: memory hits, disk hits, misses (computed), uncached reads, damaged entries (rebuilt), waits for a background fill."
         return dict(hits_memory=self.hits_memory, hits_disk=self.hits_disk, misses=self.misses, uncached=self.uncached,
-                    damaged=self.damaged)
+                    damaged=self.damaged, waited=self.waited)
 
     def _owned(self, action: str) -> bool:
         "Whether the folder is a marked cache folder (else warn that `action` does nothing)."
@@ -399,3 +409,40 @@ def fill_cache(jobs, # `(reader, input)` pairs (see `MedImageDataLoaders.cache_j
     for c in {id(r.cache): r.cache for r in readers}.values():
         if c.disk and c.max_disk_bytes is not None: c.prune(c.max_disk_bytes)
     return dict(n=n, skipped=skipped, seconds=time.perf_counter() - start)
+
+def _fill_job(reader, o) -> bool:
+    "In a worker process: make the entry of reading `o` and have it on disk before returning."
+    reader.cache.load(o, reader); reader.cache.flush()
+    return True
+
+class BackgroundFill:
+    "Fill caches in worker processes, in a given order, while this process goes on: its `VolumeCache.load` waits only for an entry still being made."
+    def __init__(self, n_workers: int|None=None): # processes (None: one per CPU)
+        self.n_workers = max(1, os.cpu_count() or 1) if n_workers is None else max(1, int(n_workers))
+        self.pool, self.futures = None, []
+
+    def submit(self, jobs) -> int: # `(reader, input)` pairs in the order they will be asked for
+        "Queue the jobs whose entries are neither stored nor queued yet, in this order; returns how many were queued."
+        n = 0
+        for reader, o in jobs:
+            cache = reader.cache
+            if cache is None or not cache.disk: continue
+            key = cache.key(o, reader)
+            if key is None or key in cache._expected or cache.paths(key)[1].exists(): continue
+            if self.pool is None:
+                cache.flush()                                   # (no writer thread busy across the fork)
+                ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+                self.pool = ProcessPoolExecutor(self.n_workers, mp_context=ctx, initializer=_fill_init)
+            future = self.pool.submit(_fill_job, reader, o)
+            cache._expected[key] = future; self.futures.append(future); n += 1
+        return n
+
+    def done(self) -> bool: return all(f.done() for f in self.futures)
+    def wait(self):
+        "Wait until every queued entry is made."
+        for f in self.futures:
+            try: f.result()
+            except Exception: pass
+    def close(self, wait: bool=False): # wait for the queued jobs (else they finish on their own)
+        "Stop taking jobs; the queued ones are still done."
+        if self.pool is not None: self.pool.shutdown(wait=wait)

@@ -194,7 +194,7 @@ def dataset_hash(dls, sample_id_col: str|None=None) -> str:
     "sha256 of the training and validation items: their files' names (relative to a shared folder), sizes and contents, and their other fields."
     return split_manifest(dls, sample_id_col)['dataset_hash']
 
-# %% ../nbs/16b_vision_tracking.ipynb #37b79d83
+# %% ../nbs/16b_vision_tracking.ipynb #c50d3953
 def _json_ready(o):
     "`o` as plain JSON values (NaN and infinities as strings)."
     o = to_json_friendly(o)
@@ -225,6 +225,8 @@ def training_transforms(dls) -> dict:
     for key in ('after_item', 'after_batch'):
         fs = getattr(getattr(getattr(dls, 'train', None), key, None), 'fs', None)
         if fs is not None: res[key] = [_transform_record(t) if isinstance(t, MedTransform) else _short_repr(t) for t in fs]
+    moved = getattr(dls, 'batch_augmentation', None)   # item transforms that run on whole batches (`MedDataBlock(batch_augment=)`)
+    if moved: res['batch_augmentation'] = [dict(item=_transform_record(tw.item), batch=_short_repr(tw.batch)) for tw in moved]
     for key in ('pre_patch_tfms', 'patch_tfms'):
         if getattr(dls, key, None) is not None: res[key] = [_transform_record(t) for t in getattr(dls, key)]
     return res

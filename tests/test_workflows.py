@@ -45,7 +45,7 @@ def classifier(phantom_study, tmp_path_factory):
     model = Classifier(in_shape=[1, *SIZE], classes=2, channels=(8, 16, 32), strides=(2, 2, 2))
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=weights), metrics=accuracy,
                     path=tmp_path_factory.mktemp('classifier'))
-    learn.losses_before_after = fit(learn, 4, 1e-2)
+    learn.losses_before_after = fit(learn, 4, 3e-3)       # (at 1e-2 the validation loss of 10 items jumps from run to run)
     return learn
 
 
