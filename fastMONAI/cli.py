@@ -211,9 +211,10 @@ def cmd_predict(args) -> int:
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
 
-# %% ../nbs/21_cli.ipynb #3ca83ad0
+# %% ../nbs/21_cli.ipynb #ee334e5c
 _TRAIN_DEFAULTS = dict(valid_col=None, valid_pct=0.2, seed=42, reorder=False, resample=None, item_tfms=[], arch=None,
-                       arch_kwargs=None, n_classes=2, epochs=5, lr=1e-3, bs=4, output='model', overwrite=False, cache=True)
+                       arch_kwargs=None, n_classes=2, labels=None, resample_masks=False, batch_augment=True, epochs=5, lr=1e-3, bs=4,
+                       output='model', overwrite=False, cache=True)
 _TRAIN_KEYS = set(_TRAIN_DEFAULTS) | {'task', 'data', 'image_col', 'label_col'}
 
 def _train_types() -> dict:
@@ -226,6 +227,8 @@ def _train_types() -> dict:
                 reorder=T.bool, resample=T.spacing.or_null(),
                 item_tfms=JSONType(lambda v: isinstance(v, dict) and isinstance(v.get('name'), str), 'a transform {"name": ..., ...}').list(),
                 arch=T.name.or_null(), arch_kwargs=T.dict.or_null(), n_classes=JSONType(lambda v: T.int(v) and v >= 2, 'an integer ≥ 2'),
+                labels=JSONType(lambda v: T.int(v) and v >= 0, 'a label value (an integer ≥ 0)').list().or_null(),
+                resample_masks=T.bool, batch_augment=T.bool,
                 epochs=T.positive_int, lr=T.positive, bs=T.positive_int, output=T.name, overwrite=T.bool, cache=T.bool)
 
 def _read_json_config(path) -> dict:
@@ -340,9 +343,11 @@ def train_from_config(cfg: dict, # a checked config (`check_train_config`)
     if cfg['cache']:   # one process: in memory; several: the disk cache they share, written once (`vision_cache`)
         from fastMONAI.vision_cache import VolumeCache, get_cache
         cache = VolumeCache(disk=False) if world == 1 else get_cache(True)
+    seg = dict(labels=cfg['labels'] if cfg['labels'] is not None else list(range(cfg['n_classes'])),
+               resample_masks=cfg['resample_masks']) if task == 'segmentation' else {}
     dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), y_block), get_x=ColReader(cfg['image_col']),
                           get_y=ColReader(cfg['label_col']), splitter=splitter, item_tfms=tfms,
-                          reorder=cfg['reorder'], resample=cfg['resample'], cache=cache)
+                          reorder=cfg['reorder'], resample=cfg['resample'], cache=cache, batch_augment=cfg['batch_augment'], **seg)
     dls = dblock.dataloaders(df, bs=cfg['bs'], num_workers=0)
     if len(dls.valid_ds) == 0 or len(dls.train_ds) == 0:
         raise CLIError(f"{cfg['data']}: {len(df)} rows give {len(dls.train_ds)} training and {len(dls.valid_ds)} validation "
