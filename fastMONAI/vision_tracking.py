@@ -294,11 +294,11 @@ def model_params(model, arch: str|None=None, arch_kwargs: dict|None=None) -> dic
                 n_parameters=sum(p.numel() for p in m.parameters()),
                 n_trainable_parameters=sum(p.numel() for p in m.parameters() if p.requires_grad))
 
-# %% ../nbs/16b_vision_tracking.ipynb #e06f2db2
+# %% ../nbs/16b_vision_tracking.ipynb #6dfa532a
 def is_rank_zero() -> bool:
-    "False only in a distributed run (torch.distributed initialised) on a process of rank other than 0."
-    d = torch.distributed
-    return not (d.is_available() and d.is_initialized() and d.get_rank() != 0)
+    "False only on a process of rank other than 0 in a distributed run (torch.distributed's rank, else torchrun's `RANK`)."
+    from fastMONAI.vision_predict import rank_world_size
+    return rank_world_size()[0] == 0
 
 _FIT_METHODS = ('fit', 'fit_one_cycle', 'fit_flat_cos', 'fit_flat_lin', 'fit_sgdr', 'fine_tune')
 
