@@ -7,7 +7,7 @@ Docs: https://fastmonai.github.io/fastMONAI/vision_all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/22_vision_all.ipynb #c059c941
+# %% ../nbs/22_vision_all.ipynb #a4ae4934
 from fastai.vision.all import *
 from monai.networks.nets import BasicUNet, UNet, AttentionUnet, SegResNet, Classifier, Regressor, DenseNet121
 from monai.losses import DiceLoss, DiceCELoss, DiceFocalLoss, FocalLoss, TverskyLoss, GeneralizedDiceLoss
@@ -29,6 +29,8 @@ from .vision_data import *
 from .vision_learner import *
 from .vision_inference import *
 from .vision_patch import *
+from .vision_fingerprint import *
+from .vision_planner import *
 from .external_data import *
 from .utils import *
 # a star import re-exports everything imported here (nbdev would otherwise write an empty `__all__`)
