@@ -27,8 +27,8 @@ from monai.losses import DiceCELoss, DiceFocalLoss, DeepSupervisionLoss
 __all__ = ['GB', 'ESTIMATE_OVERHEAD', 'AMP_ACTIVATION_FACTOR', 'EXPERIMENT_FORMAT', 'EXPERIMENT_VERSION', 'LOSSES',
            'AUGMENTATION_ITEM_TFMS', 'network_topology', 'fit_patch', 'cover_size', 'dynunet_kwargs',
            'activation_bytes', 'estimate_memory', 'measure_memory', 'measure_iteration', 'make_splits',
-           'ExperimentPlan', 'DeepSupervisedLoss', 'make_loss', 'plan_experiment', 'parse_budget', 'fit_within',
-           'train_experiment', 'is_experiment_plan', 'cmd_plan', 'cmd_train', 'add_plan_commands']
+           'ExperimentPlan', 'DeepSupervisedLoss', 'make_loss', 'shrink_patch', 'plan_experiment', 'parse_budget',
+           'fit_within', 'train_experiment', 'is_experiment_plan', 'cmd_plan', 'cmd_train', 'add_plan_commands']
 
 # %% ../nbs/18b_vision_planner.ipynb #0bfc2822
 def network_topology(spacing, # voxel spacing (mm) the network sees
@@ -91,7 +91,7 @@ def dynunet_kwargs(topology: dict, # from `network_topology`
                 filters=[min(int(base_filters) * 2 ** i, int(max_filters)) for i in range(n)],
                 norm_name=['INSTANCE', {'affine': True}], deep_supervision=supervised, deep_supr_num=max(1, min(n - 2, 3)))
 
-# %% ../nbs/18b_vision_planner.ipynb #c78de3e2
+# %% ../nbs/18b_vision_planner.ipynb #799bb05e
 GB = 2 ** 30
 ESTIMATE_OVERHEAD, AMP_ACTIVATION_FACTOR = 1.25, 0.55
 
@@ -145,7 +145,7 @@ def measure_memory(network_kwargs: dict, patch_size, batch_size: int, device='cu
     finally:
         del model; torch.cuda.empty_cache()
 
-def measure_iteration(network_kwargs: dict, patch_size, batch_size: int, device='cpu', amp: bool=True, repeats: int=2) -> float:
+def measure_iteration(network_kwargs: dict, patch_size, batch_size: int, device='cpu', amp: bool=True, repeats: int=1) -> float:
     "Seconds per training step (forward, backward, Adam step) of the network on `device` (median of `repeats`, after a warm-up)."
     device = torch.device(device)
     model = create_model('DynUNet', **network_kwargs).to(device).train()
@@ -332,7 +332,7 @@ def make_loss(spec: dict) -> CustomLoss:
     loss = LOSSES[name](**_plain(spec.get('kwargs', {})))
     return DeepSupervisedLoss(loss) if spec.get('deep_supervision') else CustomLoss(loss)
 
-# %% ../nbs/18b_vision_planner.ipynb #6d9b7f20
+# %% ../nbs/18b_vision_planner.ipynb #dfa2d3ab
 AUGMENTATION_ITEM_TFMS = ('RandomAffine', 'RandomFlip', 'RandomGamma', 'RandomNoise', 'RandomBlur', 'RandomBiasField',
                           'RandomIntensityScale', 'RandomAnisotropy', 'RandomElasticDeformation')
 
@@ -381,6 +381,23 @@ def _size(memory, network_kwargs_for, patch, bs, device, amp) -> float:
     if memory == 'measured': return measure_memory(kw, patch, bs, device, amp)
     return estimate_memory(kw, patch, bs, amp)
 
+def shrink_patch(spacing, # voxel spacing (mm)
+                 patch, # the input size to start from (voxels)
+                 median, # the median resampled shape: the axis largest relative to it shrinks first
+                 good) -> list: # `good(patch)` → True when small enough
+    "nnU-Net's reduction: take one stride off the axis largest relative to the median shape until `good` (at least 3 stages)."
+    patch = fit_patch(spacing, patch)[0]
+    while not good(patch):
+        divisor = network_topology(spacing, patch)['divisor']
+        ratios = [p / m if p > d else -1 for p, m, d in zip(patch, median, divisor)]
+        if max(ratios) < 0: break                              # one stride along every axis: as small as it gets
+        axis = int(np.argmax(ratios))
+        smaller = list(patch); smaller[axis] -= divisor[axis]
+        smaller, topology = fit_patch(spacing, smaller)
+        if len(topology['strides']) < 3: break                 # a U-Net needs at least two poolings
+        patch = smaller
+    return patch
+
 def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anything `fingerprint_dataset` takes
                     img_col=None, mask_col=None, subject_col=None, # columns of a table (see `cases_table`)
                     gpu_memory_gb: float=8., # memory target of one training step
@@ -393,7 +410,7 @@ def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anythin
                     deep_supervision: bool=True, # supervise the decoder's lower outputs too
                     loss: str|None=None, # 'DiceCE', 'DiceFocal' or None (decided from the label sizes)
                     base_filters: int|None=None, # first-stage filters (None: 32, or what the budget affords)
-                    min_iterations: int=400, # with a budget: the fewest training steps a width must afford
+                    min_iterations: int=1000, # with a budget: the fewest training steps the input and width must afford
                     fingerprint_path=None, # where to write the fingerprint JSON (None: not written)
                     n_workers: int|None=None, cache=True, progress=None, # the fingerprint pass
                     **overrides) -> ExperimentPlan: # target_spacing, patch_size, batch_size, epochs, lr
@@ -449,17 +466,8 @@ def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anythin
     if overrides.get('patch_size') is not None:
         patch, _ = fit_patch(spacing, np.broadcast_to(overrides['patch_size'], 3)); patch_reason = 'given'
     else:
-        patch, _ = fit_patch(spacing, np.minimum(np.round(start), median))
-        fits = lambda p, bs: _size(memory, lambda q: kwargs_for(q, filters), p, bs, device, amp) <= gpu_memory_gb
-        while not fits(patch, 2):
-            divisor = network_topology(spacing, patch)['divisor']
-            ratios = [p / m if p > d else -1 for p, m, d in zip(patch, median, divisor)]
-            if max(ratios) < 0: break                              # one stride along every axis: as small as it gets
-            axis = int(np.argmax(ratios))
-            smaller = list(patch); smaller[axis] -= divisor[axis]
-            smaller, topology = fit_patch(spacing, smaller)
-            if len(topology['strides']) < 3: break                 # a U-Net needs at least two poolings
-            patch = smaller
+        fits = lambda p: _size(memory, lambda q: kwargs_for(q, filters), p, 2, device, amp) <= gpu_memory_gb
+        patch = shrink_patch(spacing, np.minimum(np.round(start), median), median, fits)
         patch_reason = (f"aspect ratio of the target spacing, capped by the median resampled shape {[int(m) for m in median]}, "
                         f"a multiple of the network's total stride, within {gpu_memory_gb:g} GB at batch 2")
     whole, whole_topology = None, None
@@ -470,9 +478,21 @@ def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anythin
             whole = candidate
 
     size = whole if whole is not None else patch
+    # time: with a budget, an input the budget affords at the narrowest width (step time grows about with the voxels)
+    if budget is not None and overrides.get('patch_size') is None:
+        narrow = filters if base_filters is not None else 8
+        step = measure_iteration(kwargs_for(size, narrow), size, 2, device, amp, repeats=1)
+        if budget / step < min_iterations:
+            voxels = np.prod(size) * budget / min_iterations / step
+            shrunk = shrink_patch(spacing, size, median, lambda p: np.prod(p) <= voxels)
+            sizing['shrunk_for_time'] = dict(size=[int(v) for v in size], seconds_per_step=round(step, 4), to=shrunk)
+            patch_reason = (f"shrunk from {'x'.join(str(v) for v in size)} (a step of {narrow} base filters measured {step:.3g} s on "
+                            f"{device.type}) so that the {budget:g} s budget affords {min_iterations} steps")
+            whole, size, patch = None, shrunk, shrunk
     if len(fit_patch(spacing, size)[1]['strides']) < 3:
         raise ValueError(f"the volumes are too small for a U-Net at {[round(s, 3) for s in spacing]} mm: an input of {list(size)} voxels "
                          "allows fewer than two poolings (each needs a feature map of at least 8 voxels); pass a finer target_spacing")
+
     # width: by the time budget, measured on the device
     if base_filters is None and budget is not None:
         timings = {}
@@ -548,11 +568,12 @@ def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anythin
     steps_per_epoch = max(1, math.ceil((len(names) - len(folds[0])) * (1 if whole is not None else patch_settings.samples_per_volume) / batch_size))
     if overrides.get('epochs') is not None: epochs, reasons['training'] = int(overrides['epochs']), 'epochs given'
     elif budget is not None:
-        step = measure_iteration(network, size, batch_size, device, amp)
+        known = sizing.get('seconds_per_step', {}).get(str(filters)) if batch_size == 2 else None
+        step = known or measure_iteration(network, size, batch_size, device, amp)
         epochs = max(1, int(0.8 * budget / (step * steps_per_epoch * 1.3)))
         sizing['seconds_per_step_at_batch'] = round(step, 4)
         reasons['training'] = (f"{epochs} epochs of {steps_per_epoch} steps fit the {budget:g} s budget (network step {step:.3g} s measured; "
-                               "train_experiment measures again with the data)")
+                               "train_experiment times a warm-up epoch with the data)")
     else:
         epochs = int(np.clip(math.ceil(25000 / steps_per_epoch), 10, 1000))
         reasons['training'] = f"about 25,000 steps ({steps_per_epoch} per epoch; nnU-Net trains 250,000)"
@@ -717,7 +738,7 @@ def train_experiment(plan, # an `ExperimentPlan` or its JSON file
     folder = save_model(learn, output, plan=eplan.plan, overwrite=overwrite, metadata=info) if output is not None else None
     return learn, folder
 
-# %% ../nbs/18b_vision_planner.ipynb #548b76ab
+# %% ../nbs/18b_vision_planner.ipynb #57323b8c
 def is_experiment_plan(path) -> bool:
     "Is `path` a JSON file holding an experiment plan (rather than a training config)?"
     try: return json.loads(Path(path).read_text()).get('format') == EXPERIMENT_FORMAT
@@ -785,14 +806,16 @@ def add_plan_commands(subparsers, # the `add_subparsers()` action of the `fastmo
         train_parser = subparsers.add_parser('train', help='train a fold of an experiment plan',
                                              description='Train a fold of an experiment plan (fastmonai plan) and save a model folder.')
         train_parser.add_argument('config', metavar='PLAN', help='plan.json')
-        train_parser.add_argument('--epochs', type=int, default=None, help="override the plan's epochs")
-        train_parser.add_argument('--output', default=None, help='the model folder (default: model_fold<K> next to the plan)')
-        train_parser.add_argument('--overwrite', action='store_true', help='replace an existing model folder')
-        train_parser.add_argument('--quiet', action='store_true', help='no progress bars')
         fallback = None
     else: fallback = train_parser.get_default('func')
-    train_parser.add_argument('--fold', type=int, default=0, help='experiment plans: the fold to train (default 0)')
-    train_parser.add_argument('--budget', default=None, help='experiment plans: time budget, e.g. 10m (measures, then picks the epochs)')
-    train_parser.add_argument('--device', default=None, help="experiment plans: training device ('cuda', 'cpu')")
+    def add(flag, **kwargs):   # options the train command may have already (a later `fastmonai` may add them itself)
+        if flag not in train_parser._option_string_actions: train_parser.add_argument(flag, **kwargs)
+    add('--fold', type=int, default=0, help='experiment plans: the fold to train (default 0)')
+    add('--budget', default=None, help='experiment plans: time budget, e.g. 10m (a timed warm-up epoch, then as many as fit)')
+    add('--device', default=None, help="experiment plans: training device ('cuda', 'cpu')")
+    add('--epochs', type=int, default=None, help="override the plan's epochs")
+    add('--output', default=None, help='the model folder (default: model_fold<K> next to the plan)')
+    add('--overwrite', action='store_true', help='replace an existing model folder')
+    add('--quiet', action='store_true', help='no progress bars')
     train_parser.set_defaults(func=lambda args: cmd_train(args, fallback))
     return subparsers
