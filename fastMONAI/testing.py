@@ -14,7 +14,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['orientation_affine', 'centred_affine', 'make_volume', 'world_coordinates', 'make_phantom', 'affine_to_sitk',
-           'write_volume', 'write_dicom_series', 'make_phantom_dataset']
+           'write_volume', 'write_dicom_series', 'make_phantom_dataset', 'make_planning_study']
 
 # %% ../nbs/00_testing.ipynb #7db8933c
 _AXIS = {'R': (0, 1.), 'L': (0, -1.), 'A': (1, 1.), 'P': (1, -1.), 'S': (2, 1.), 'I': (2, -1.)}
@@ -160,4 +160,53 @@ def make_phantom_dataset(folder, # where to write `images/` and `masks/`
         mp = write_volume(folder / 'masks' / f'subject_{i:03d}.{ext}', msk, aff, dtype=np.uint8)
         rows.append(dict(img_path=str(ip), mask_path=str(mp), label='large' if large else 'small',
                          volume_ml=float((msk > 0).sum() * np.prod(spacing) / 1000), orientation=orientation))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/00_testing.ipynb #86fb3aee
+_CT_LEVELS, _MR_LEVELS = (-1000., 40., 90.), (0., 200., 320.)
+
+def _intensities(modality: str, body: np.ndarray, labels: np.ndarray, world: np.ndarray, rng) -> np.ndarray:
+    "CT (HU) or MR-like intensities for a body mask and a label map."
+    background, tissue, first = _CT_LEVELS if modality == 'ct' else _MR_LEVELS
+    step = 50. if modality == 'ct' else 120.
+    img = np.full(body.shape, background) + body * (tissue - background)
+    for lab in range(1, int(labels.max()) + 1): img[labels == lab] = first + (lab - 1) * step
+    if modality == 'ct': return (img + 25. * rng.standard_normal(body.shape)).astype(np.float32)
+    bias = 1 + 0.15 * np.sin(world[0] / 25 + rng.uniform(0, np.pi)) * np.cos(world[1] / 30 + rng.uniform(0, np.pi))
+    noisy = np.abs(img * bias + 30. * rng.standard_normal(body.shape) + 1j * 30. * rng.standard_normal(body.shape) * (1 - body))
+    return (noisy * rng.uniform(0.5, 2.)).astype(np.float32)
+
+def make_planning_study(folder, # where to write `images/` and `masks/`
+                        n: int=12, # number of cases
+                        fov=(64., 64., 60.), # field of view in mm along R, A, S
+                        in_plane=(0.9, 1.1), # range of the in-plane voxel size (mm)
+                        slice_thickness=(3., 4., 5.), # slice thicknesses (mm, along S) to draw from
+                        orientations=('RAS', 'LPS', 'PIR', 'ASL'), # storage orientations, cycled over the cases
+                        n_labels: int=2, # concentric labels of the organ
+                        modality='mr', # 'mr', 'ct', or a tuple of them (one file per channel)
+                        cases_per_subject: int=1, # consecutive cases sharing a `subject`
+                        seed: int=0, ext: str='nii.gz') -> pd.DataFrame:
+    "Write an anisotropic, multi-orientation, multi-label study with CT- or MR-like intensities; one row per case."
+    folder, rng, rows = Path(folder), np.random.default_rng(seed), []
+    modalities = (modality,) if isinstance(modality, str) else tuple(modality)
+    for i in range(n):
+        orientation = orientations[i % len(orientations)]
+        xy, z = rng.uniform(*in_plane), float(rng.choice(slice_thickness))
+        spacing = tuple(z if c in 'SI' else xy for c in orientation)
+        world_axis = [{'R': 0, 'L': 0, 'A': 1, 'P': 1, 'S': 2, 'I': 2}[c] for c in orientation]
+        shape = tuple(int(round(fov[w] / s)) for w, s in zip(world_axis, spacing))
+        affine = centred_affine(shape, spacing, orientation)
+        world = world_coordinates(shape, affine)
+        half = np.asarray(fov, float) / 2
+        body = sum((world[k] / (0.9 * half[k])) ** 2 for k in range(3)) <= 1
+        radius, center = half * rng.uniform(0.3, 0.45, 3), rng.uniform(-0.15, 0.15, 3) * half
+        r2 = sum(((world[k] - center[k]) / radius[k]) ** 2 for k in range(3))
+        labels = np.zeros(shape, np.uint8)
+        for lab in range(1, n_labels + 1): labels[r2 <= (1 - (lab - 1) / (n_labels + 0.5)) ** 2] = lab
+        row = dict(subject=f'subject_{i // cases_per_subject:03d}')
+        for c, m in enumerate(modalities):
+            img = _intensities(m, body, labels, world, rng)
+            row['img_path' if c == 0 else f'img_path_{c}'] = str(write_volume(folder/'images'/f'case_{i:03d}_{c:04d}.{ext}', img, affine))
+        row['mask_path'] = str(write_volume(folder/'masks'/f'case_{i:03d}.{ext}', labels, affine, dtype=np.uint8))
+        rows.append(dict(row, spacing=spacing, orientation=orientation))
     return pd.DataFrame(rows)

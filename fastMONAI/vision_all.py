@@ -33,6 +33,8 @@ from .vision_training import *
 from .vision_tracking import *
 from .vision_inference import *
 from .vision_patch import *
+from .vision_fingerprint import *
+from .vision_planner import *
 from .external_data import *
 from .utils import *
 # a star import re-exports everything imported here (nbdev would otherwise write an empty `__all__`)

@@ -16,8 +16,8 @@ from .vision_plan import TRANSFORMS, TransformSpec
 
 # %% auto #0
 __all__ = ['MedTransform', 'MedRandTransform', 'PlanTransform', 'ZNormalization', 'RescaleIntensity', 'NormalizeIntensity',
-           'PadOrCrop', 'BinaryConverter', 'BraTSMaskConverter', 'RandomAffine', 'RandomFlip',
-           'RandomElasticDeformation', 'RandomAnisotropy', 'RandomNoise', 'RandomBiasField', 'RandomBlur',
+           'PadOrCrop', 'BinaryConverter', 'BraTSMaskConverter', 'CTNormalization', 'MapLabels', 'RandomAffine',
+           'RandomFlip', 'RandomElasticDeformation', 'RandomAnisotropy', 'RandomNoise', 'RandomBiasField', 'RandomBlur',
            'RandomGamma', 'RandomMotion', 'RandomGhosting', 'RandomSpike', 'RandomIntensityScale', 'RandomCutout',
            'OneOf']
 
@@ -46,7 +46,7 @@ class MedRandTransform(MedTransform):
         args, kwargs = self.__dict__.get('_made_with', ((), {}))
         return f"{type(self).__name__}({', '.join([repr(a) for a in args] + [f'{k}={v!r}' for k, v in kwargs.items()])})"
 
-# %% ../nbs/09_vision_augmentation.ipynb #4a2bcff7
+# %% ../nbs/09_vision_augmentation.ipynb #7502770e
 class PlanTransform(MedTransform):
     "A deterministic transform from the plan registry (`vision_plan.TRANSFORMS`), as a fastai item transform."
     def __init__(self, name: str, # a key of `TRANSFORMS`
@@ -94,6 +94,21 @@ class BinaryConverter(PlanTransform):
 class BraTSMaskConverter(PlanTransform):
     "BraTS labels {0, 1, 2, 4} → {0, 1, 2, 3} (label 4, enhancing tumour, becomes 3)."
     def __init__(self): super().__init__('BraTSMaskConverter')
+
+class CTNormalization(PlanTransform):
+    "Clip to `[lower, upper]`, then `(x - mean) / std` with fixed dataset statistics (nnU-Net's CT normalisation)."
+    def __init__(self, lower: float, # lower clip (e.g. the foreground's 0.5th percentile, in HU)
+                 upper: float, # upper clip (e.g. the foreground's 99.5th percentile)
+                 mean: float, # subtracted after clipping (the foreground mean)
+                 std: float, # divisor (the foreground standard deviation)
+                 channels=None): # channel indices to normalise (None: all)
+        super().__init__('CTNormalization', lower=float(lower), upper=float(upper), mean=float(mean), std=float(std),
+                         channels=None if channels is None else [int(c) for c in channels])
+
+class MapLabels(PlanTransform):
+    "Replace label values by others, e.g. `{4: 3}` (masks only)."
+    def __init__(self, mapping: dict): # {label value: new value}
+        super().__init__('MapLabels', mapping={str(int(k)): int(v) for k, v in dict(mapping).items()})
 
 # %% ../nbs/09_vision_augmentation.ipynb #0fe725d5
 class RandomAffine(MedRandTransform):

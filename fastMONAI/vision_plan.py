@@ -22,16 +22,20 @@ from .vision_core import MedBase, MedImage, med_img_reader, apply_tio, as_tensor
 __all__ = ['TRANSFORMS', 'PLAN_VERSION', 'TASKS', 'TransformEntry', 'register_transform', 'FrozenDict', 'TransformSpec',
            'PatchSettings', 'Plan', 'suggest_target_spacing', 'suggest_patch_size']
 
-# %% ../nbs/05_vision_plan.ipynb #972c5155
+# %% ../nbs/05_vision_plan.ipynb #46762c77
 class _ChannelWise(tio.IntensityTransform):
-    "Run an intensity transform on each channel of each image separately (the subject's label maps ride along)."
-    def __init__(self, transform, **kwargs):
-        super().__init__(**kwargs); self.transform = transform; self.args_names = ['transform']
+    "Run an intensity transform on each channel of each image separately, or on `channels` only (the subject's label maps ride along)."
+    def __init__(self, transform, channels=None, **kwargs):
+        super().__init__(**kwargs); self.transform, self.channels = transform, channels; self.args_names = ['transform', 'channels']
     def apply_transform(self, subject):
         labels = {k: v for k, v in subject.get_images_dict(intensity_only=False).items() if v.type == tio.LABEL}
         for name, image in self.get_images_dict(subject).items():
+            n = image.data.shape[0]
+            wanted = range(n) if self.channels is None else [int(c) for c in self.channels]
+            if any(not 0 <= c < n for c in wanted):
+                raise ValueError(f"{self.transform!r} is set for channels {list(wanted)}, but the image has {n} channel(s)")
             chans = [self.transform(tio.Subject({name: tio.ScalarImage(tensor=image.data[c:c+1], affine=image.affine), **labels}))[name].data
-                     for c in range(image.data.shape[0])]
+                     if c in wanted else image.data[c:c+1].float() for c in range(n)]
             image.set_data(torch.cat(chans))
         return subject
 
@@ -71,9 +75,25 @@ class _MapLabels:
         for a, b in self.mapping.items(): y[x == a] = b
         return y
 
-def _znormalization(masking_method=None, channel_wise=True):
+class _ClipNormalize:
+    "clip(x, lower, upper), then (x - mean) / std, as float32 (picklable)."
+    def __init__(self, lower, upper, mean, std):
+        if not upper > lower: raise ValueError(f"CTNormalization: upper ({upper}) must be above lower ({lower})")
+        if not std > 0: raise ValueError(f"CTNormalization: std must be positive, not {std}")
+        self.lower, self.upper, self.mean, self.std = float(lower), float(upper), float(mean), float(std)
+    def __call__(self, x): return ((x.float().clamp(self.lower, self.upper) - self.mean) / self.std).to(torch.float32)
+    def __repr__(self): return f"clip[{self.lower:g}, {self.upper:g}] - {self.mean:g} / {self.std:g}"
+
+def _znormalization(masking_method=None, channel_wise=True, channels=None):
     t = _ZNorm(masking_method=masking_method)
-    return _ChannelWise(t) if channel_wise else t
+    return _ChannelWise(t, channels) if channel_wise or channels is not None else t
+
+def _ct_normalization(lower, upper, mean, std, channels=None):
+    t = tio.Lambda(_ClipNormalize(lower, upper, mean, std), types_to_apply=[tio.INTENSITY])
+    return t if channels is None else _ChannelWise(t, channels)
+
+def _map_labels(mapping):
+    return tio.Lambda(_MapLabels({int(float(k)): int(v) for k, v in dict(mapping).items()}), types_to_apply=[tio.LABEL])
 
 def _rescale_intensity(out_min_max=(0, 1), in_min_max=None, percentiles=(0, 100)):
     return tio.RescaleIntensity(out_min_max=out_min_max, in_min_max=in_min_max, percentiles=percentiles)
@@ -99,6 +119,8 @@ TRANSFORMS: dict = dict(
     PadOrCrop=TransformEntry(_pad_or_crop, lambda mask_name=None, **_: mask_name is not None),
     BinaryConverter=TransformEntry(lambda: tio.Lambda(_MapLabels(binary=True), types_to_apply=[tio.LABEL])),
     BraTSMaskConverter=TransformEntry(lambda: tio.Lambda(_MapLabels({4: 3}), types_to_apply=[tio.LABEL])),
+    CTNormalization=TransformEntry(_ct_normalization),
+    MapLabels=TransformEntry(_map_labels),
 )
 
 def register_transform(obj=None, # a builder function (kwargs → TorchIO transform), or a class whose instances have `tio_transform`
