@@ -35,6 +35,7 @@ from .vision_inference import *
 from .vision_patch import *
 from .vision_fingerprint import *
 from .vision_planner import *
+from .vision_crossval import *
 from .external_data import *
 from .utils import *
 # a star import re-exports everything imported here (nbdev would otherwise write an empty `__all__`)

@@ -683,7 +683,7 @@ ExperimentPlan.cases_table = _cases
 ExperimentPlan.dataloaders = _dataloaders
 ExperimentPlan.learner = _learner
 
-# %% ../nbs/18b_vision_planner.ipynb #85aa5c73
+# %% ../nbs/18b_vision_planner.ipynb #c5710ba2
 def fit_within(learn, # a fastai Learner
                budget: float, # seconds, counted from `start`
                lr: float, # the maximum learning rate of the one-cycle schedule
@@ -707,7 +707,8 @@ def train_experiment(plan, # an `ExperimentPlan` or its JSON file
                      device=None, # the training device (None: fastai's default)
                      overwrite: bool=False, # replace an existing model folder
                      quiet: bool=False, # no progress bars
-                     logger=None) -> tuple: # a fastai `Recorder.logger` replacement when quiet (e.g. `print`)
+                     logger=None, # a fastai `Recorder.logger` replacement when quiet (e.g. `print`)
+                     cbs=None) -> tuple: # more fastai callbacks for the learner (e.g. an `MLflowCallback`)
     "Train `fold` of an experiment plan and save the model; returns `(learner, model folder or None)`."
     from fastai.torch_core import set_seed
     start = time.perf_counter()
@@ -717,7 +718,7 @@ def train_experiment(plan, # an `ExperimentPlan` or its JSON file
         raise FileExistsError(f"{output}: already exists; pass overwrite=True (--overwrite) or choose another folder")
     set_seed(eplan.seed)
     dls = eplan.dataloaders(data, fold, **({'device': device} if device is not None else {}))
-    learn = eplan.learner(dls)
+    learn = eplan.learner(dls, cbs=cbs)
     if hasattr(dls, 'fill_cache'): dls.fill_cache()
     n_epochs, measured = int(epochs or eplan.epochs), None
     with contextlib.ExitStack() as stack:

@@ -25,10 +25,10 @@ from .vision_show import show_results
 from .vision_training import current_seed
 
 # %% auto #0
-__all__ = ['INSTALL_HINT', 'import_mlflow', 'local_tracking_uri', 'resolve_tracking_uri', 'file_sha256', 'split_manifest',
-           'dataset_hash', 'preprocessing_record', 'training_transforms', 'loss_description', 'training_params',
-           'model_params', 'is_rank_zero', 'MLflowCallback', 'create_mlflow_callback', 'load_tracked_model',
-           'ModelTrackingCallback', 'free_port', 'MLflowUIManager']
+__all__ = ['INSTALL_HINT', 'import_mlflow', 'local_tracking_uri', 'resolve_tracking_uri', 'tracking_client', 'get_experiment_id',
+           'file_sha256', 'split_manifest', 'dataset_hash', 'preprocessing_record', 'training_transforms',
+           'loss_description', 'training_params', 'model_params', 'is_rank_zero', 'MLflowCallback',
+           'create_mlflow_callback', 'load_tracked_model', 'ModelTrackingCallback', 'free_port', 'MLflowUIManager']
 
 # %% ../nbs/16b_vision_tracking.ipynb #ad27fcd6
 INSTALL_HINT = 'pip install "fastMONAI[tracking]"   (or: pip install mlflow)'
@@ -40,7 +40,7 @@ def import_mlflow():
         raise ImportError(f"experiment tracking needs MLflow, an optional dependency of fastMONAI: {INSTALL_HINT}") from e
     return mlflow
 
-# %% ../nbs/16b_vision_tracking.ipynb #96ea6aac
+# %% ../nbs/16b_vision_tracking.ipynb #59cececc
 def local_tracking_uri(folder='.') -> str:
     "The URI of a local SQLite tracking store `folder/mlflow.db`."
     return 'sqlite:///' + str(Path(folder).expanduser().absolute() / 'mlflow.db')
@@ -59,14 +59,17 @@ def _artifact_location(uri: str) -> str|None:
     if not uri.startswith('sqlite:///'): return None
     return (Path(uri[len('sqlite:///'):]).parent / 'mlruns').as_uri()
 
-def _client(uri: str):
+def tracking_client(uri: str): # a tracking URI (`resolve_tracking_uri`)
     "An `MlflowClient` for `uri` (SQLAlchemy's notice about MLflow's use of a deprecated loader silenced)."
     mlflow = import_mlflow()
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*noload.*')
         return mlflow.tracking.MlflowClient(tracking_uri=uri)
 
-def _experiment_id(client, name: str, uri: str) -> str:
+def get_experiment_id(client, # a `tracking_client`
+                      name: str, # the experiment's name
+                      uri: str, # the tracking URI (a local SQLite store keeps artifacts in `mlruns/` beside it)
+                     ) -> str:
     "The id of experiment `name`, created (or restored from the bin) when needed."
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -453,16 +456,16 @@ class MLflowCallback(Callback):
         if self.use_active_run:
             self._owner = 'user' if active is not None else 'fluent'
             if active is None: active = mlflow.start_run(run_name=self.run_name, tags=self.tags or None)
-            self._client, self.run_id = _client(mlflow.get_tracking_uri()), active.info.run_id
+            self._client, self.run_id = tracking_client(mlflow.get_tracking_uri()), active.info.run_id
             if self.tags: self._set_tags(self.tags)
             return
         uri = resolve_tracking_uri(self.tracking_uri, self.folder if self.folder is not None else self.learn.path)
-        self._client = _client(uri)
-        experiment_id = _experiment_id(self._client, self.experiment_name, uri)
+        self._client = tracking_client(uri)
+        exp_id = get_experiment_id(self._client, self.experiment_name, uri)
         tags = dict(self.tags)
-        if active is not None and active.info.experiment_id == experiment_id and mlflow.get_tracking_uri() == uri:
+        if active is not None and active.info.experiment_id == exp_id and mlflow.get_tracking_uri() == uri:
             tags['mlflow.parentRunId'] = active.info.run_id   # a fit inside a user's run: shown nested under it
-        self.run_id, self._owner = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id, 'self'
+        self.run_id, self._owner = self._client.create_run(exp_id, run_name=self.run_name, tags=tags).info.run_id, 'self'
 
     def _start(self, method):
         self._resolve_run()
@@ -649,7 +652,7 @@ class MLflowCallback(Callback):
 
     def __repr__(self): return f"{type(self).__name__}(experiment={self.experiment_name!r}, run_id={self.run_id!r})"
 
-# %% ../nbs/16b_vision_tracking.ipynb #83f054da
+# %% ../nbs/16b_vision_tracking.ipynb #bbb21182
 def create_mlflow_callback(learn, # the `Learner` to track (its `path` holds the default local store)
                            experiment_name: str='fastMONAI', # MLflow experiment
                            run_name: str|None=None, # the run's name
@@ -670,7 +673,7 @@ def load_tracked_model(model_uri: str, # 'runs:/<run id>/model', 'models:/<name>
     mlflow = import_mlflow()
     uri = resolve_tracking_uri(tracking_uri)
     dst_path = str(dst_path) if dst_path is not None else tempfile.mkdtemp(prefix='fastmonai-model-')
-    local = mlflow.artifacts.download_artifacts(artifact_uri=_run_artifact_uri(_client(uri), model_uri), dst_path=dst_path, tracking_uri=uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=_run_artifact_uri(tracking_client(uri), model_uri), dst_path=dst_path, tracking_uri=uri)
     return load_model(local, device=device)
 
 def _run_artifact_uri(client, model_uri: str) -> str:
