@@ -14,9 +14,10 @@ import pandas as pd
 # %% auto #0
 __all__ = ['OUTPUT_FORMATS', 'CLIError', 'TrainingError', 'cmd_info', 'is_dicom_folder', 'expand_inputs', 'predict_files',
            'cmd_predict', 'load_train_config', 'check_train_config', 'train_from_config', 'TrainingGuard',
-           'check_trained', 'cmd_train', 'cmd_quickstart', 'build_parser', 'launch', 'main']
+           'check_trained', 'cmd_train', 'cmd_plan', 'check_train_args', 'train_plan', 'cmd_quickstart', 'build_parser',
+           'launch', 'main']
 
-# %% ../nbs/21_cli.ipynb #2e640a09
+# %% ../nbs/21_cli.ipynb #ce00d74f
 class CLIError(Exception):
     "A usage error: printed as one line, exit status 2."
     pass
@@ -32,7 +33,7 @@ def _err(*args): print(*args, file=sys.stderr, flush=True)
 def _user_errors() -> tuple:
     "The exceptions `main` reports in one line (`MedReadError` is imported only once something failed)."
     from fastMONAI.vision_io import MedReadError
-    return (CLIError, MedReadError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
+    return (CLIError, MedReadError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, ImportError)
 
 def _one_line(e: BaseException) -> str:
     "The message of `e` on one line (its type name when it has none)."
@@ -211,7 +212,7 @@ def cmd_predict(args) -> int:
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
 
-# %% ../nbs/21_cli.ipynb #ee334e5c
+# %% ../nbs/21_cli.ipynb #88a18b28
 _TRAIN_DEFAULTS = dict(valid_col=None, valid_pct=0.2, seed=42, reorder=False, resample=None, item_tfms=[], arch=None,
                        arch_kwargs=None, n_classes=2, labels=None, resample_masks=False, batch_augment=True, epochs=5, lr=1e-3, bs=4,
                        output='model', overwrite=False, cache=True)
@@ -405,7 +406,9 @@ def check_trained(learn, guard, epochs: int):
     if bad: raise TrainingError(f"the loss was {bad[0][1]} (train, valid) at epoch {bad[0][0]}; no model was saved")
 
 def cmd_train(args) -> int:
-    "Train from a JSON config and save a safe model folder."
+    "Train from a JSON config, or a fold or folds of an experiment plan (`train_plan`), and save a safe model folder."
+    check_train_args(args)
+    if _plan_file(args.config): return train_plan(args)
     cfg = load_train_config(args.config)
     if args.epochs is not None: cfg['epochs'] = args.epochs
     if args.output is not None: cfg['output'] = str(Path(args.output).absolute())   # relative to the working directory
@@ -419,6 +422,81 @@ def cmd_train(args) -> int:
     final = dict(zip(names, [float(v) for v in learn.recorder.values[-1]]))
     _say('final: ' + ', '.join(f'{k} {v:.4f}' for k, v in final.items()))
     _say(f"model saved to {folder}")
+    return 0
+
+# %% ../nbs/21_cli.ipynb #950b5e65
+_PLAN_ONLY = ('fold', 'folds', 'budget', 'device', 'track', 'tracking_uri')
+
+def cmd_plan(args) -> int:
+    "Fingerprint DATA, write the experiment plan and the fingerprint, print the plan with its reasons."
+    from fastMONAI.vision_planner import plan_experiment
+    if len(args.data) > 2: raise CLIError(f"give a CSV, a folder, or two folders (images, labels), not {len(args.data)} paths")
+    data = args.data[0] if len(args.data) == 1 else tuple(args.data)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite: raise CLIError(f"{out}: already exists; use --overwrite or another -o")
+    modalities = None
+    if args.ct:
+        ct = set(args.ct)
+        modalities = ['CT' if c in ct else None for c in range(max(ct) + 1)]
+        if len(modalities) == 1: modalities = modalities[0]
+    eplan = plan_experiment(data, img_col=args.img_col, mask_col=args.mask_col, subject_col=args.subject_col,
+                            gpu_memory_gb=args.gpu_memory, device=args.device, budget=args.budget, n_folds=args.folds,
+                            seed=args.seed, modalities=modalities, fingerprint_path=out.with_name('fingerprint.json'),
+                            n_workers=args.workers, cache=not args.no_cache, progress=not args.quiet)
+    eplan.save(out)
+    _say(eplan.describe())
+    _say(f"\nwrote {out} and {out.with_name('fingerprint.json')}; next: fastmonai train {out} --fold 0")
+    return 0
+
+def _plan_file(path) -> bool:
+    "Is `path` an experiment plan (`fastmonai plan`) rather than a training config?"
+    from fastMONAI.vision_planner import is_experiment_plan
+    return is_experiment_plan(path)
+
+def check_train_args(args):
+    "Refuse option combinations `train` cannot honour, before any work (and before `--nproc` starts processes)."
+    if _plan_file(args.config):
+        if args.nproc > 1: raise CLIError(f"{args.config}: an experiment plan trains in one process; --nproc is for training configs")
+        if args.fold is not None and args.folds is not None: raise CLIError("give --fold (one fold) or --folds (a cross-validation), not both")
+        if args.tracking_uri is not None and args.track is None: raise CLIError("--tracking-uri needs --track NAME")
+    else:
+        given = [f"--{k.replace('_', '-')}" for k in _PLAN_ONLY if getattr(args, k, None) is not None]
+        if given: raise CLIError(f"{args.config}: {', '.join(given)} need an experiment plan (make one with `fastmonai plan DATA`); "
+                                 "this is a training config")
+
+def _print_values(values):
+    "One line per epoch (`train_experiment`'s logger)."
+    _say('  '.join(f'{v:.4f}' if isinstance(v, float) else str(v) for v in values))
+
+def train_plan(args) -> int:
+    "`fastmonai train PLAN`: one fold (`--fold`) or a cross-validation (`--folds`)."
+    from fastMONAI.vision_planner import ExperimentPlan, train_experiment
+    eplan = ExperimentPlan.load(args.config)
+    here = Path(args.config).parent
+    if args.folds is not None:
+        n = len(eplan.folds)
+        if not 1 <= args.folds <= n: raise CLIError(f"{args.config}: the plan has {n} folds; --folds must be between 1 and {n}")
+        from fastMONAI.vision_crossval import cross_validate
+        result = cross_validate(eplan, output=args.output or here/'crossval', folds=range(args.folds), epochs=args.epochs,
+                                budget=args.budget, device=args.device, overwrite=args.overwrite, tracking=args.track or False,
+                                tracking_uri=args.tracking_uri, quiet=args.quiet, logger=_print_values)
+        for r in result.summary.itertuples():
+            _say(f"out-of-fold Dice, {r.name}: {r.dice_mean:.4f} ± {r.dice_std:.4f} over {r.cases} cases")
+        if result.parent_run_id: _say(f"MLflow parent run {result.parent_run_id} at {result.tracking_uri}")
+        _say(f"written to {result.output}; predict with: fastmonai predict {result.output/'ensemble'} SCANS -o OUTDIR")
+        return 0
+    fold = args.fold or 0
+    cbs = []
+    if args.track:
+        from fastMONAI.vision_tracking import MLflowCallback
+        cbs.append(MLflowCallback(args.track, run_name=f'fold_{fold}', tracking_uri=args.tracking_uri, extra_params=dict(fold=fold)))
+    learn, folder = train_experiment(eplan, fold=fold, output=args.output or here/f'model_fold{fold}', budget=args.budget,
+                                     epochs=args.epochs, device=args.device, overwrite=args.overwrite, quiet=args.quiet,
+                                     logger=_print_values, cbs=cbs)
+    info = learn.experiment_info
+    _say('final: ' + ', '.join(f'{k} {v:.4f}' for k, v in info['final'].items()) + f" after {info['epochs']} epochs, {info['seconds']} s")
+    if cbs: _say(f"MLflow run {cbs[0].run_id}")
+    _say(f"model saved to {folder}; predict with: fastmonai predict {folder} SCANS -o OUTDIR")
     return 0
 
 # %% ../nbs/21_cli.ipynb #2e3f5e0c
@@ -496,7 +574,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #ca46c42b
+# %% ../nbs/21_cli.ipynb #9eaee09a
 def _int_at_least(low: int):
     "An argparse type: an integer ≥ `low`."
     def parse(text):
@@ -534,16 +612,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument('--quiet', action='store_true', help='no progress bar')
     q.add_argument('--nproc', type=_int_at_least(1), default=1, help='processes sharing the inputs (torchrun; one GPU each with --device cuda)')
     q.set_defaults(func=cmd_predict)
-    q = sub.add_parser('train', help='train a model from a JSON config',
+    q = sub.add_parser('plan', help='fingerprint a dataset and write an automatic experiment plan',
+                       description='Fingerprint DATA (a CSV with image/label columns, a folder with imagesTr/labelsTr, or two '
+                                   'folders IMAGES LABELS) and write plan.json and fingerprint.json: target spacing, normalisation, '
+                                   'patch and batch size, a DynUNet, loss and folds, each with its reason.')
+    q.add_argument('data', metavar='DATA', nargs='+', help='a CSV, a folder with imagesTr/labelsTr, or two folders IMAGES LABELS')
+    q.add_argument('-o', '--output', default='plan.json', help='the plan file (fingerprint.json is written next to it)')
+    q.add_argument('--img-col', default=None, help='image column of the CSV (default: img_path, image, ... or the first)')
+    q.add_argument('--mask-col', default=None, help='label column of the CSV (default: mask_path, label_path, labels, ...)')
+    q.add_argument('--subject-col', default=None, help='column grouping the cases of one subject (grouped folds)')
+    q.add_argument('--gpu-memory', type=float, default=8., help='memory target of a training step in GB (default 8)')
+    q.add_argument('--budget', default=None, help="training time budget, e.g. 10m: sizes the input, the network's width and the epochs")
+    q.add_argument('--device', default=None, help="where to measure ('cuda', 'cpu'; default: CUDA when there is one)")
+    q.add_argument('--ct', nargs='*', type=_int_at_least(0), default=None, help='channel numbers that are CT (default: decided from the intensities)')
+    q.add_argument('--folds', type=_int_at_least(2), default=5, help='cross-validation folds (default 5)')
+    q.add_argument('--seed', type=int, default=0, help='seed of the folds and of training')
+    q.add_argument('--workers', type=_int_at_least(0), default=None, help='processes reading the voxels (default: one per CPU)')
+    q.add_argument('--no-cache', action='store_true', help='measure every case again (no fingerprint cache)')
+    q.add_argument('--overwrite', action='store_true', help='replace an existing plan file')
+    q.add_argument('--quiet', action='store_true', help='no progress bar')
+    q.set_defaults(func=cmd_plan)
+    q = sub.add_parser('train', help='train a model from a JSON config or an experiment plan',
                        description='Train classification, regression or segmentation from a JSON config '
-                                   '(see the fastMONAI cli docs for its keys) and save a safe model folder.')
-    q.add_argument('config', metavar='CONFIG', help='the JSON training config')
+                                   '(see the fastMONAI cli docs for its keys), or a fold or folds of an experiment plan '
+                                   '(fastmonai plan), and save a safe model folder.')
+    q.add_argument('config', metavar='CONFIG', help='the JSON training config, or plan.json')
     q.add_argument('--epochs', type=_int_at_least(1), default=None, help='override the number of epochs')
     q.add_argument('--output', default=None, help='override the output model folder')
     q.add_argument('--overwrite', action='store_true', help='replace an existing model folder')
     q.add_argument('--quiet', action='store_true', help='no progress bars')
     q.add_argument('--nproc', type=_int_at_least(1), default=1,
                    help='train with N processes on this machine (torchrun + fastai distributed; one GPU each, or CPU processes)')
+    q.add_argument('--fold', type=_int_at_least(0), default=None, help='plans: the fold to train (default 0)')
+    q.add_argument('--folds', type=_int_at_least(1), default=None,
+                   help='plans: cross-validate folds 0..K-1 (out-of-fold scores, the folds saved as one ensemble)')
+    q.add_argument('--budget', default=None, help='plans: time budget per fold, e.g. 10m (a timed warm-up epoch, then as many as fit)')
+    q.add_argument('--device', default=None, help="plans: training device ('cuda', 'cpu')")
+    q.add_argument('--track', metavar='NAME', default=None, help='plans: record the runs in MLflow experiment NAME')
+    q.add_argument('--tracking-uri', default=None, help='plans, with --track: MLflow server, database URI or folder (default: mlflow.db here)')
     q.set_defaults(func=cmd_train)
     q = sub.add_parser('quickstart', help='train and evaluate a small 3D segmentation model end to end',
                        description='Make phantom data (or download IXI Tiny), train a 3D UNet, and write a figure, '
@@ -581,13 +687,15 @@ def main(argv=None) -> int: # arguments without the program name; default `sys.a
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if getattr(args, 'func', None) is None: parser.print_help(); return 2
-    if getattr(args, 'nproc', 1) > 1 and 'LOCAL_RANK' not in os.environ:   # not yet launched: start the processes
-        return launch(_without_nproc(argv), args.nproc)
     # progress bars redraw a terminal line; in a log file (CI, `> log`) they are noise, so go quiet there
     if hasattr(args, 'quiet') and not args.quiet and not sys.stdout.isatty(): args.quiet = True
     if getattr(args, 'n_subjects', 1) is None and getattr(args, 'data', None) in ('phantom', 'ixi-tiny'):
         args.n_subjects = 24 if args.data == 'phantom' else 80
-    try: return int(args.func(args) or 0)
+    try:
+        if getattr(args, 'nproc', 1) > 1 and 'LOCAL_RANK' not in os.environ:   # not yet launched: start the processes
+            if args.command == 'train': check_train_args(args)
+            return launch(_without_nproc(argv), args.nproc)
+        return int(args.func(args) or 0)
     except TrainingError as e: _err(f"fastmonai {args.command}: error: {_one_line(e)}"); return 1
     except _user_errors() as e:  # evaluated only when something was raised
         _err(f"fastmonai {args.command}: error: {_one_line(e)}"); return 2

@@ -3,7 +3,7 @@
 Tiny generated studies (fastMONAI.testing.make_planning_study), 8 base filters, whole volumes of a few thousand
 voxels: seconds on two CPU cores.
 """
-import argparse, contextlib, io, json
+import contextlib, io, json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,7 @@ import torch
 
 from fastMONAI.testing import make_planning_study, write_volume
 from fastMONAI.vision_fingerprint import fingerprint_dataset, Fingerprint
-from fastMONAI.vision_planner import (ExperimentPlan, plan_experiment, train_experiment, make_splits, network_topology,
-                                      add_plan_commands)
+from fastMONAI.vision_planner import ExperimentPlan, plan_experiment, train_experiment, make_splits, network_topology
 from fastMONAI.vision_export import load_model
 from fastMONAI import cli
 
@@ -123,14 +122,9 @@ def test_plan_train_predict_learns(tmp_path, study):
     "The command line path: `fastmonai plan` on a CSV, `fastmonai train plan.json --fold 0`, `fastmonai predict`."
     torch.manual_seed(0)
     study.to_csv(tmp_path/'cases.csv', index=False)
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    add_plan_commands(sub, sub.choices['train'])
     def run(argv):
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            args = parser.parse_args(argv)
-            return args.func(args), out.getvalue()
+        with contextlib.redirect_stdout(out): return cli.main(argv), out.getvalue()
     status, out = run(['plan', str(tmp_path/'cases.csv'), '-o', str(tmp_path/'plan.json'), '--folds', '4', '--workers', '0', '--quiet'])
     assert status == 0 and 'normalisation' in out and (tmp_path/'fingerprint.json').exists()
     plan = ExperimentPlan.load(tmp_path/'plan.json')
