@@ -183,8 +183,22 @@ class TransformSpec:
         return cls(d['name'], d.get('kwargs') or {})
     def __repr__(self): return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.kwargs.items())})"
 
-# %% ../nbs/05_vision_plan.ipynb #44c12565
+# %% ../nbs/05_vision_plan.ipynb #19d71aa4
 _SAMPLERS, _AGGREGATIONS = ('uniform', 'label'), ('hann', 'gaussian', 'average', 'crop')
+
+def _flag(value, name) -> bool:
+    "A true/false field, strictly: JSON's `\"false\"` is a string, and Python reads any non-empty string as true."
+    if isinstance(value, (bool, np.bool_)): return bool(value)
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+def _number(value, name, integer: bool=False):
+    "A numeric field, strictly: a string or a boolean where a number is meant is refused, not converted."
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    if integer:
+        if float(value) != int(value): raise ValueError(f"{name} must be an integer, not {value!r}")
+        return int(value)
+    return float(value)
 
 def _three_ints(value, name) -> tuple:
     v = np.atleast_1d(np.asarray(value))
@@ -221,8 +235,7 @@ class PatchSettings:
         if self.sampler_type not in _SAMPLERS: raise ValueError(f"sampler_type must be one of {_SAMPLERS}, not {self.sampler_type!r}")
         if self.aggregation_mode not in _AGGREGATIONS:
             raise ValueError(f"aggregation_mode must be one of {_AGGREGATIONS}, not {self.aggregation_mode!r}")
-        put('samples_per_volume', int(self.samples_per_volume)); put('queue_length', int(self.queue_length))
-        put('queue_num_workers', int(self.queue_num_workers))
+        for k in ('samples_per_volume', 'queue_length', 'queue_num_workers'): put(k, _number(getattr(self, k), k, integer=True))
         if self.samples_per_volume < 1: raise ValueError("samples_per_volume must be at least 1")
         if self.queue_length < self.samples_per_volume:
             raise ValueError(f"queue_length ({self.queue_length}) must hold at least one volume's samples ({self.samples_per_volume})")
@@ -238,7 +251,7 @@ class PatchSettings:
     @classmethod
     def from_dict(cls, d: dict): return cls(**d)
 
-# %% ../nbs/05_vision_plan.ipynb #da9b96cf
+# %% ../nbs/05_vision_plan.ipynb #b73036c6
 PLAN_VERSION = 1
 TASKS = ('segmentation', 'classification', 'multilabel', 'regression')
 _ACTIVATIONS = (None, 'sigmoid', 'softmax', 'none')
@@ -266,17 +279,17 @@ class Plan:
         if not isinstance(self.version, int) or self.version > PLAN_VERSION:
             raise ValueError(f"this plan has version {self.version!r}, newer than this fastMONAI understands ({PLAN_VERSION}); "
                              "update fastMONAI to use it")
-        put('reorder', bool(self.reorder)); put('target_spacing', as_spacing(self.target_spacing))
+        put('reorder', _flag(self.reorder, 'reorder')); put('target_spacing', as_spacing(self.target_spacing))
         put('transforms', tuple(t if isinstance(t, TransformSpec) else TransformSpec.from_dict(t) for t in self.transforms))
         if isinstance(self.patch, dict): put('patch', PatchSettings.from_dict(self.patch))
         if self.activation not in _ACTIVATIONS: raise ValueError(f"activation must be one of {_ACTIVATIONS}, not {self.activation!r}")
-        if not 0 < float(self.threshold) < 1: raise ValueError(f"threshold must be in (0, 1), not {self.threshold}")
-        put('threshold', float(self.threshold)); put('keep_largest', bool(self.keep_largest))
+        if not 0 < _number(self.threshold, 'threshold') < 1: raise ValueError(f"threshold must be in (0, 1), not {self.threshold}")
+        put('threshold', float(self.threshold)); put('keep_largest', _flag(self.keep_largest, 'keep_largest'))
         if self.label_interpolation not in ('nearest', 'shape'):
             raise ValueError(f"label_interpolation must be 'nearest' or 'shape', not {self.label_interpolation!r}")
         for k in ('labels', 'label_names'):
             if getattr(self, k) is not None: put(k, tuple(v.item() if isinstance(v, np.generic) else v for v in getattr(self, k)))
-        if self.in_channels is not None: put('in_channels', int(self.in_channels))
+        if self.in_channels is not None: put('in_channels', _number(self.in_channels, 'in_channels', integer=True))
 
     def replace(self, **changes) -> Plan:
         "A copy with `changes` (the plan itself never changes)."
