@@ -238,7 +238,7 @@ class PatchSettings:
     @classmethod
     def from_dict(cls, d: dict): return cls(**d)
 
-# %% ../nbs/05_vision_plan.ipynb #da9b96cf
+# %% ../nbs/05_vision_plan.ipynb #704a5378
 PLAN_VERSION = 1
 TASKS = ('segmentation', 'classification', 'multilabel', 'regression')
 _ACTIVATIONS = (None, 'sigmoid', 'softmax', 'none')
@@ -318,7 +318,8 @@ class Plan:
 
     @classmethod
     def from_dataset(cls, dataset, # a `MedDataset`
-                     **changes) -> Plan: # any other plan field
+                     **changes, # any other plan field
+                    ) -> Plan: # the suggested plan
         "A plan with the reordering and target spacing a `MedDataset` suggests."
         suggestion = dataset.get_suggestion()
         return cls(**{'reorder': suggestion['apply_reorder'], 'target_spacing': suggestion['target_spacing'], **changes})
