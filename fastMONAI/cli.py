@@ -39,8 +39,9 @@ def _one_line(e: BaseException) -> str:
     "The message of `e` on one line (its type name when it has none)."
     return ' '.join(str(e).split()) or type(e).__name__
 
-# %% ../nbs/21_cli.ipynb #02337fd2
-def cmd_info(args) -> int:
+# %% ../nbs/21_cli.ipynb #bbdd97db
+def cmd_info(args, # the parsed command line (an argparse `Namespace`)
+            ) -> int:
     "Print a `MedDataset` summary and suggestions for the folder `args.path`."
     import warnings
     from fastMONAI.dataset_info import MedDataset
@@ -66,7 +67,7 @@ def cmd_info(args) -> int:
         return 1
     return 0
 
-# %% ../nbs/21_cli.ipynb #ca690364
+# %% ../nbs/21_cli.ipynb #b1acacaa
 def _is_medical_file(p: Path) -> bool:
     from fastMONAI.vision_io import MEDICAL_EXTENSIONS
     return p.is_file() and p.name.lower().endswith(MEDICAL_EXTENSIONS)
@@ -77,14 +78,16 @@ def _is_dicom_file(p: Path) -> bool:
         with open(p, 'rb') as f: return f.read(132)[128:132] == b'DICM'
     except OSError: return False
 
-def is_dicom_folder(p) -> bool:
+def is_dicom_folder(p, # a path (a file or a missing path gives False)
+                   ) -> bool:
     "True when the folder `p` directly holds DICOM files (checked by extension or the DICM marker)."
     p = Path(p)
     if not p.is_dir(): return False
     files = [c for c in sorted(p.iterdir()) if c.is_file() and not c.name.startswith('.')]
     return bool(files) and any(_is_dicom_file(c) for c in files[:5])
 
-def expand_inputs(inputs) -> tuple:
+def expand_inputs(inputs, # files, DICOM series folders and folders of volumes
+                 ) -> tuple:
     "`(volumes, problems)`: files and DICOM folders to predict, and `(input, reason)` for inputs that give none."
     volumes, problems = [], []
     for i in inputs:
@@ -100,7 +103,7 @@ def expand_inputs(inputs) -> tuple:
         if v.resolve() not in seen: seen.add(v.resolve()); unique.append(v)
     return unique, problems
 
-# %% ../nbs/21_cli.ipynb #c477cc84
+# %% ../nbs/21_cli.ipynb #1da70ef5
 def _progress(items):
     try:
         from fastprogress.fastprogress import progress_bar
@@ -169,7 +172,8 @@ def predict_files(model, # a `SafeModel` (see `vision_export.load_model`)
                   overwrite: bool=False, # replace existing predictions
                   format: str='nifti', # segmentation output: 'nifti' or 'dicom-seg' (for DICOM series inputs)
                   png: bool=False, # segmentation: a three-plane PNG of each scan with its prediction
-                  volumes: bool=False) -> tuple: # segmentation: `volumes.csv`, volume (mL) and components per label and scan
+                  volumes: bool=False, # segmentation: `volumes.csv`, volume (mL) and components per label and scan
+                 ) -> tuple: # `(written paths, failures [(input, reason)])`
     "Predict every input; returns `(written paths, failures [(input, reason)])`. Never writes onto an input."
     if format not in OUTPUT_FORMATS: raise ValueError(f"unknown format {format!r}: use one of {', '.join(OUTPUT_FORMATS)}")
     outdir = Path(outdir); outdir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +201,8 @@ def predict_files(model, # a `SafeModel` (see `vision_export.load_model`)
         else: _write_csv(pd.DataFrame(rows), csv); written.append(csv)
     return written, failures
 
-def cmd_predict(args) -> int:
+def cmd_predict(args, # the parsed command line (an argparse `Namespace`)
+               ) -> int:
     "Predict the inputs with the model; report failures at the end."
     from fastMONAI.vision_export import load_model
     from fastMONAI.vision_predict import local_device, rank_world_size
@@ -212,7 +217,7 @@ def cmd_predict(args) -> int:
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
 
-# %% ../nbs/21_cli.ipynb #88a18b28
+# %% ../nbs/21_cli.ipynb #ad545501
 _TRAIN_DEFAULTS = dict(valid_col=None, valid_pct=0.2, seed=42, reorder=False, resample=None, item_tfms=[], arch=None,
                        arch_kwargs=None, n_classes=2, labels=None, resample_masks=False, batch_augment=True, epochs=5, lr=1e-3, bs=4,
                        output='model', overwrite=False, cache=True)
@@ -240,11 +245,15 @@ def _read_json_config(path) -> dict:
     if not isinstance(cfg, dict): raise CLIError(f"{path}: a training config is a JSON object, not {type(cfg).__name__}")
     return cfg
 
-def load_train_config(path) -> dict:
+def load_train_config(path, # the JSON config file
+                     ) -> dict:
     "Read and check a training config (JSON); relative paths become relative to the config's folder."
     return check_train_config(_read_json_config(path), base=Path(path).parent, where=str(path))
 
-def check_train_config(cfg: dict, base=None, where: str='config') -> dict:
+def check_train_config(cfg: dict, # the config as read from JSON
+                       base=None, # folder that relative `data`/`output` paths are relative to (None: the working directory)
+                       where: str='config', # name of the config in error messages
+                      ) -> dict:
     "Fill in defaults and check a training config dict: keys, types, ranges, the CSV and the architecture's arguments."
     from fastMONAI.vision_export import check_json_types, check_arch_kwargs
     unknown = set(cfg) - _TRAIN_KEYS
@@ -396,7 +405,10 @@ def TrainingGuard():
             self.steps += 1
     return _TrainingGuard()
 
-def check_trained(learn, guard, epochs: int):
+def check_trained(learn, # the fitted Learner (its recorder's losses are checked)
+                  guard, # the fit's `TrainingGuard` callback
+                  epochs: int, # epochs the fit was asked for
+                 ):
     "Raise `TrainingError` unless the fit made training steps and every recorded loss is finite."
     if guard.bad: raise TrainingError(f"{guard.bad}; training stopped and no model was saved (try a lower lr)")
     if guard.steps == 0: raise TrainingError("no training step was made (no full batch in the training set); no model was saved")
@@ -405,7 +417,8 @@ def check_trained(learn, guard, epochs: int):
     bad = [(i + 1, v) for i, v in enumerate(values) if not all(np.isfinite(float(x)) for x in v)]
     if bad: raise TrainingError(f"the loss was {bad[0][1]} (train, valid) at epoch {bad[0][0]}; no model was saved")
 
-def cmd_train(args) -> int:
+def cmd_train(args, # the parsed command line (an argparse `Namespace`)
+             ) -> int:
     "Train from a JSON config, or a fold or folds of an experiment plan (`train_plan`), and save a safe model folder."
     check_train_args(args)
     if _plan_file(args.config): return train_plan(args)
@@ -424,10 +437,11 @@ def cmd_train(args) -> int:
     _say(f"model saved to {folder}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #950b5e65
+# %% ../nbs/21_cli.ipynb #03230651
 _PLAN_ONLY = ('fold', 'folds', 'budget', 'device', 'track', 'tracking_uri')
 
-def cmd_plan(args) -> int:
+def cmd_plan(args, # the parsed command line (an argparse `Namespace`)
+            ) -> int:
     "Fingerprint DATA, write the experiment plan and the fingerprint, print the plan with its reasons."
     from fastMONAI.vision_planner import plan_experiment
     if len(args.data) > 2: raise CLIError(f"give a CSV, a folder, or two folders (images, labels), not {len(args.data)} paths")
@@ -453,7 +467,8 @@ def _plan_file(path) -> bool:
     from fastMONAI.vision_planner import is_experiment_plan
     return is_experiment_plan(path)
 
-def check_train_args(args):
+def check_train_args(args, # the parsed command line (an argparse `Namespace`) of `fastmonai train`
+                    ):
     "Refuse option combinations `train` cannot honour, before any work (and before `--nproc` starts processes)."
     if _plan_file(args.config):
         if args.nproc > 1: raise CLIError(f"{args.config}: an experiment plan trains in one process; --nproc is for training configs")
@@ -468,7 +483,8 @@ def _print_values(values):
     "One line per epoch (`train_experiment`'s logger)."
     _say('  '.join(f'{v:.4f}' if isinstance(v, float) else str(v) for v in values))
 
-def train_plan(args) -> int:
+def train_plan(args, # the parsed command line (an argparse `Namespace`) of `fastmonai train PLAN`
+              ) -> int:
     "`fastmonai train PLAN`: one fold (`--fold`) or a cross-validation (`--folds`)."
     from fastMONAI.vision_planner import ExperimentPlan, train_experiment
     eplan = ExperimentPlan.load(args.config)
@@ -499,7 +515,7 @@ def train_plan(args) -> int:
     _say(f"model saved to {folder}; predict with: fastmonai predict {folder} SCANS -o OUTDIR")
     return 0
 
-# %% ../nbs/21_cli.ipynb #2e3f5e0c
+# %% ../nbs/21_cli.ipynb #a89061d4
 def _dice(pred, targ) -> float:
     p, t = np.asarray(pred) > 0, np.asarray(targ) > 0
     return float(2 * (p & t).sum() / max(p.sum() + t.sum(), 1))
@@ -542,7 +558,8 @@ def _predict_nifti(folder, fn, out: Path) -> Path:
     from fastMONAI.vision_predict import save_prediction, pred_file_name
     return save_prediction(load_model(folder).predict(fn), out/pred_file_name(fn), overwrite=True)
 
-def cmd_quickstart(args) -> int:
+def cmd_quickstart(args, # the parsed command line (an argparse `Namespace`)
+                  ) -> int:
     "Make data, train a 3D UNet, save a figure, a predicted NIfTI and a safe model."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -574,7 +591,7 @@ def cmd_quickstart(args) -> int:
     _say(f"next: fastmonai predict {folder} {Path(fn).parent} -o {out/'predictions'}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #9eaee09a
+# %% ../nbs/21_cli.ipynb #374e1e8b
 def _int_at_least(low: int):
     "An argparse type: an integer ≥ `low`."
     def parse(text):
@@ -675,13 +692,15 @@ def _without_nproc(argv: list) -> list:
     return res
 
 def launch(argv: list, # the command's arguments, without `--nproc`
-           nproc: int) -> int: # processes on this machine
+           nproc: int, # processes on this machine
+          ) -> int: # the launcher's exit status
     "Run `fastmonai argv` as `nproc` processes under PyTorch's launcher (`torchrun --standalone`); its exit status."
     import subprocess
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', str(nproc), '-m', 'fastMONAI.cli', *argv]
     return subprocess.call(cmd)
 
-def main(argv=None) -> int: # arguments without the program name; default `sys.argv[1:]`
+def main(argv=None, # arguments without the program name; default `sys.argv[1:]`
+        ) -> int: # the exit status
     "The `fastmonai` command. Returns the exit status."
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

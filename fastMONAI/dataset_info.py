@@ -189,7 +189,7 @@ def suggestion(self: MedDataset) -> tuple:
     suggestion = self.get_suggestion()
     return suggestion['target_spacing'], suggestion['apply_reorder']
 
-# %% ../nbs/06_dataset_info.ipynb #4de6ba04
+# %% ../nbs/06_dataset_info.ipynb #bbd87b76
 def _sizes(self: MedDataset, target_spacing=None) -> np.ndarray:
     if len(self.df) == 0: raise ValueError("the dataset has no readable volume")
     if not self.reorder and len(set(self.df.orientation)) > 1:
@@ -204,7 +204,7 @@ def _sizes(self: MedDataset, target_spacing=None) -> np.ndarray:
 def get_largest_img_size(self: MedDataset,
                           resample=None, # voxel spacing to resample to (one number or three); None: as stored
                           **kwargs, # `target_spacing=` (the later releases' spelling of `resample`)
-                         ) -> list:
+                         ) -> list: # [X, Y, Z] voxels
     "Largest size per axis after resampling (and reordering, when the dataset reorders)."
     target_spacing = resolve_aliases('get_largest_img_size', dict(resample=resample, **kwargs), target_spacing=None)['target_spacing']
     return [int(s) for s in _sizes(self, target_spacing).max(0)]

@@ -34,8 +34,12 @@ def orientation_affine(orientation: str='RAS', # three letters, one of R/L, A/P,
     a[:3, 3] = origin
     return a
 
-# %% ../nbs/00_testing.ipynb #ae19ee2e
-def centred_affine(shape, spacing=(1., 1., 1.), orientation: str='RAS', origin=None) -> np.ndarray:
+# %% ../nbs/00_testing.ipynb #3f64653b
+def centred_affine(shape, # spatial shape (voxel order)
+                   spacing=(1., 1., 1.), # voxel size in mm
+                   orientation: str='RAS', # orientation code of the voxel axes
+                   origin=None, # world position of voxel 0; None centres the volume on world 0
+                  ) -> np.ndarray:
     "`orientation_affine` with the origin placing the volume's centre at world 0 (unless `origin` is given)."
     affine = orientation_affine(orientation, spacing)
     affine[:3, 3] = -affine[:3, :3] @ (np.array(shape) - 1) / 2 if origin is None else origin
@@ -44,8 +48,9 @@ def centred_affine(shape, spacing=(1., 1., 1.), orientation: str='RAS', origin=N
 def make_volume(shape=(16, 16, 16), # spatial shape (voxel order)
                 spacing=(1., 1., 1.), # voxel size in mm
                 orientation: str='RAS', # orientation code of the voxel axes
-                seed: int=0,
-                origin=None): # world position of voxel 0; by default the volume is centred on 0
+                seed: int=0, # random seed of the pattern and the noise
+                origin=None, # world position of voxel 0; by default the volume is centred on 0
+               ):
     "A smooth random float32 volume and its affine: `(data [X, Y, Z], affine)`."
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -55,7 +60,9 @@ def make_volume(shape=(16, 16, 16), # spatial shape (voxel order)
     data = data + 0.1 * rng.standard_normal(shape)
     return data.astype(np.float32), affine
 
-def world_coordinates(shape, affine) -> np.ndarray:
+def world_coordinates(shape, # spatial shape (voxel order)
+                      affine, # 4x4 voxel-to-world (RAS, mm) affine
+                     ) -> np.ndarray:
     "World (RAS, mm) coordinates of every voxel centre, shaped `[3, *shape]`."
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing='ij')).reshape(3, -1)
     return (affine[:3, :3] @ idx + affine[:3, 3:4]).reshape(3, *shape)
@@ -63,12 +70,13 @@ def world_coordinates(shape, affine) -> np.ndarray:
 def make_phantom(shape=(24, 24, 24), # spatial shape (voxel order)
                  spacing=(1., 1., 1.), # voxel size in mm
                  orientation: str='RAS', # orientation code of the voxel axes
-                 seed: int=0,
+                 seed: int=0, # random seed of the shape, position and noise
                  radius=None, # ellipsoid semi-axes in mm (R, A, S); random when None
                  center=None, # ellipsoid centre in world mm; random near the middle when None
                  n_labels: int=1, # 1 for a binary mask; more adds concentric labels 2, 3, ...
                  noise: float=0.3, # standard deviation of Gaussian noise in the image
-                 origin=None):
+                 origin=None, # world position of voxel 0; by default the volume is centred on 0
+                ):
     "An image with a bright ellipsoid and its label mask: `(image [X, Y, Z] float32, mask [X, Y, Z] uint8, affine)`."
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
@@ -86,8 +94,9 @@ def make_phantom(shape=(24, 24, 24), # spatial shape (voxel order)
     image = image + 0.2 * np.sin(world[0] / 20)  # a gentle bias field
     return image.astype(np.float32), mask, affine
 
-# %% ../nbs/00_testing.ipynb #edb548f9
-def affine_to_sitk(affine):
+# %% ../nbs/00_testing.ipynb #39bb93dd
+def affine_to_sitk(affine, # 4x4 voxel-to-world RAS affine
+                  ):
     "SimpleITK `(spacing, origin, direction)` (LPS world) from a 4x4 RAS affine."
     lps = np.diag([-1., -1., 1., 1.]) @ np.asarray(affine, float)
     spacing = np.sqrt((lps[:3, :3] ** 2).sum(0))
@@ -97,7 +106,8 @@ def affine_to_sitk(affine):
 def write_volume(path, # .nii, .nii.gz, .nrrd, .mha or .mhd
                  data: np.ndarray, # [X, Y, Z] or [X, Y, Z, C]
                  affine: np.ndarray, # 4x4 RAS affine
-                 dtype=None) -> Path:
+                 dtype=None, # cast `data` to this dtype first (None: keep its dtype)
+                ) -> Path:
     "Write `data` with `affine` in the format given by the file name; returns the path."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(data) if dtype is None else np.asarray(data).astype(dtype)
@@ -113,10 +123,13 @@ def write_volume(path, # .nii, .nii.gz, .nrrd, .mha or .mhd
         sitk.WriteImage(img, str(path))
     return path
 
-def write_dicom_series(folder, data: np.ndarray, affine: np.ndarray,
+def write_dicom_series(folder, # where the slice files are written (created if missing)
+                       data: np.ndarray, # [X, Y, Z] volume; rounded to int16
+                       affine: np.ndarray, # 4x4 RAS affine
                        series_uid: str='1.2.826.0.1.3680043.2.1125.1.2', # SeriesInstanceUID of every slice
                        prefix: str='slice', # file names are `<prefix>_<k>.dcm`
-                       modality: str='MR') -> Path: # the Modality tag (e.g. 'CT'; 'SEG' for a file the readers must refuse)
+                       modality: str='MR', # the Modality tag (e.g. 'CT'; 'SEG' for a file the readers must refuse)
+                      ) -> Path: # `folder`
     "Write a 3D volume as an int16 DICOM series (values rounded; one file per slice along the third voxel axis)."
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     arr = np.rint(np.asarray(data)).astype(np.int16)
@@ -138,12 +151,17 @@ def write_dicom_series(folder, data: np.ndarray, affine: np.ndarray,
         writer.SetFileName(str(folder / f'{prefix}_{k:04d}.dcm')); writer.Execute(sl)
     return folder
 
-# %% ../nbs/00_testing.ipynb #28933ed4
+# %% ../nbs/00_testing.ipynb #175f6dca
 def make_phantom_dataset(folder, # where to write `images/` and `masks/`
                          n: int=8, # number of subjects
-                         shape=(24, 24, 24), spacing=(1., 1., 1.),
+                         shape=(24, 24, 24), # spatial shape of every volume (voxel order)
+                         spacing=(1., 1., 1.), # voxel size in mm
                          orientations=('RAS',), # cycled over the subjects
-                         n_labels: int=1, seed: int=0, ext: str='nii.gz', noise: float=0.3) -> pd.DataFrame:
+                         n_labels: int=1, # 1 for binary masks; more adds concentric labels 2, 3, ...
+                         seed: int=0, # random seed of the whole dataset
+                         ext: str='nii.gz', # file extension: 'nii.gz', 'nii', 'nrrd', 'mha' or 'mhd'
+                         noise: float=0.3, # standard deviation of Gaussian noise in the images
+                        ) -> pd.DataFrame:
     "Write `n` phantom subjects; columns `img_path, mask_path, label, volume_ml, orientation`."
     folder = Path(folder); rows = []
     rng = np.random.default_rng(seed)
@@ -162,7 +180,7 @@ def make_phantom_dataset(folder, # where to write `images/` and `masks/`
                          volume_ml=float((msk > 0).sum() * np.prod(spacing) / 1000), orientation=orientation))
     return pd.DataFrame(rows)
 
-# %% ../nbs/00_testing.ipynb #86fb3aee
+# %% ../nbs/00_testing.ipynb #395aab4e
 _CT_LEVELS, _MR_LEVELS = (-1000., 40., 90.), (0., 200., 320.)
 
 def _intensities(modality: str, body: np.ndarray, labels: np.ndarray, world: np.ndarray, rng) -> np.ndarray:
@@ -185,7 +203,9 @@ def make_planning_study(folder, # where to write `images/` and `masks/`
                         n_labels: int=2, # concentric labels of the organ
                         modality='mr', # 'mr', 'ct', or a tuple of them (one file per channel)
                         cases_per_subject: int=1, # consecutive cases sharing a `subject`
-                        seed: int=0, ext: str='nii.gz') -> pd.DataFrame:
+                        seed: int=0, # random seed of the whole study
+                        ext: str='nii.gz', # file extension: 'nii.gz', 'nii', 'nrrd', 'mha' or 'mhd'
+                       ) -> pd.DataFrame:
     "Write an anisotropic, multi-orientation, multi-label study with CT- or MR-like intensities; one row per case."
     folder, rng, rows = Path(folder), np.random.default_rng(seed), []
     modalities = (modality,) if isinstance(modality, str) else tuple(modality)

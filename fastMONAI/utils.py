@@ -19,7 +19,7 @@ _all_ = ['create_mlflow_callback', 'ModelTrackingCallback', 'MLflowUIManager']
 __all__ = ['store_variables', 'load_plan', 'load_variables', 'print_colab_gpu_info', 'create_mlflow_callback',
            'ModelTrackingCallback', 'MLflowUIManager']
 
-# %% ../nbs/20_utils.ipynb #8566d93a
+# %% ../nbs/20_utils.ipynb #bcebe4db
 _FORMAT = 'fastMONAI-variables'
 
 def store_variables(pkl_fn, # file to write (any name; the content is JSON)
@@ -37,7 +37,8 @@ def store_variables(pkl_fn, # file to write (any name; the content is JSON)
     resample = args['target_spacing'] if given or args['target_spacing'] is not None else list(plan.target_spacing or []) or None
     return write_json(pkl_fn, dict(format=_FORMAT, version=2, size=size, reorder=plan.reorder, resample=resample, plan=plan.to_dict()))
 
-def load_plan(pkl_fn) -> Plan:
+def load_plan(pkl_fn, # a file written by `store_variables`
+             ) -> Plan:
     "The plan stored by `store_variables`."
     return _read(pkl_fn)[1]
 
@@ -56,7 +57,8 @@ def _read(pkl_fn):
     if d.get('version') != 2: raise ValueError(f"{path}: variables file version {d.get('version')!r} is newer than this fastMONAI reads (2)")
     return d.get('size'), Plan.from_dict(d['plan'], where=str(path))
 
-def load_variables(pkl_fn) -> list:
+def load_variables(pkl_fn, # a file written by `store_variables` (version 1 or 2)
+                  ) -> list:
     "Read settings saved by `store_variables`: `[size, reorder, resample]` as they were given. Refuses pickles."
     _read(pkl_fn)                                  # checks the file (format, version, plan)
     d = read_json(pkl_fn)

@@ -21,14 +21,15 @@ __all__ = ['MedTransform', 'MedRandTransform', 'PlanTransform', 'ZNormalization'
            'RandomGamma', 'RandomMotion', 'RandomGhosting', 'RandomSpike', 'RandomIntensityScale', 'RandomCutout',
            'OneOf']
 
-# %% ../nbs/09_vision_augmentation.ipynb #e7476772
+# %% ../nbs/09_vision_augmentation.ipynb #d575e534
 class MedTransform(ItemTransform):
     "A fastai item transform running `tio_transform` on image(s) and mask(s) of an item together."
     split_idx = None # deterministic: applied to every split and at inference
     deterministic = True # safe to cache: same input, same output
     per_item = True # gives each tensor of an item the same result alone as together (cacheable per file)
     spec = None # the `TransformSpec` of a registered deterministic transform (what plans and saved models hold)
-    def __init__(self, tio_transform): self.tio_transform = tio_transform
+    def __init__(self, tio_transform, # a TorchIO transform, run on the item's image(s) and mask(s) as one subject
+                ): self.tio_transform = tio_transform
     def encodes(self, x):
         if isinstance(x, (list, tuple)): return type(x)(apply_tio(self.tio_transform, x)) if isinstance(x, tuple) else apply_tio(self.tio_transform, x)
         if isinstance(x, MedBase): return apply_tio(self.tio_transform, [x])[0]
@@ -110,11 +111,17 @@ class MapLabels(PlanTransform):
     def __init__(self, mapping: dict): # {label value: new value}
         super().__init__('MapLabels', mapping={str(int(k)): int(v) for k, v in dict(mapping).items()})
 
-# %% ../nbs/09_vision_augmentation.ipynb #0fe725d5
+# %% ../nbs/09_vision_augmentation.ipynb #1cccda16
 class RandomAffine(MedRandTransform):
     "Random scaling, rotation and translation (TorchIO `RandomAffine`); masks nearest-neighbour."
-    def __init__(self, scales=0, degrees=10, translation=0, isotropic: bool=False, image_interpolation: str='linear',
-                 default_pad_value=0., p: float=0.5):
+    def __init__(self, scales=0, # scale factors drawn from 1 ± scales (or a (lo, hi) range, or one per axis)
+                 degrees=10, # rotation angles drawn from ± degrees (or a (lo, hi) range, or one per axis)
+                 translation=0, # shifts in mm drawn from ± translation (or a (lo, hi) range, or one per axis)
+                 isotropic: bool=False, # one scale factor for all three axes
+                 image_interpolation: str='linear', # interpolation of images: 'linear', 'nearest', 'bspline', ...
+                 default_pad_value=0., # value of voxels moved in from outside: a number, 'minimum', 'mean' or 'otsu'
+                 p: float=0.5, # probability that the transform is applied
+                ):
         super().__init__(tio.RandomAffine(scales=scales, degrees=degrees, translation=translation, isotropic=isotropic,
                                           image_interpolation=image_interpolation, default_pad_value=default_pad_value, p=p))
 
@@ -144,50 +151,77 @@ class RandomFlip(MedRandTransform):
 
 class RandomElasticDeformation(MedRandTransform):
     "Smooth random displacement field on a grid of control points (TorchIO)."
-    def __init__(self, num_control_points=7, max_displacement=7.5, image_interpolation: str='linear', p: float=0.5):
+    def __init__(self, num_control_points=7, # control points along each axis of the grid (at least 4; or one per axis)
+                 max_displacement=7.5, # largest displacement of a control point along each axis, in mm (or one per axis)
+                 image_interpolation: str='linear', # interpolation of images: 'linear', 'nearest', 'bspline', ...
+                 p: float=0.5, # probability that the transform is applied
+                ):
         super().__init__(tio.RandomElasticDeformation(num_control_points=num_control_points, max_displacement=max_displacement,
                                                       image_interpolation=image_interpolation, p=p))
 
 class RandomAnisotropy(MedRandTransform):
     "Simulate thick slices: downsample along one axis and back (TorchIO). Images only."
-    def __init__(self, axes=(0, 1, 2), downsampling=(1.5, 5), p: float=0.5):
+    def __init__(self, axes=(0, 1, 2), # voxel axes, one of which is drawn to be downsampled
+                 downsampling=(1.5, 5), # (lo, hi) range of the downsampling factor (or one number: 1 to it)
+                 p: float=0.5, # probability that the transform is applied
+                ):
         super().__init__(tio.RandomAnisotropy(axes=axes, downsampling=downsampling, p=p, exclude=_label_keys))
 
 class RandomNoise(MedRandTransform):
     "Gaussian noise (TorchIO)."
-    def __init__(self, mean=0, std=(0, 0.25), p: float=0.5): super().__init__(tio.RandomNoise(mean=mean, std=std, p=p))
+    def __init__(self, mean=0, # mean of the noise, drawn from ± mean (or a (lo, hi) range)
+                 std=(0, 0.25), # (lo, hi) range of the noise's standard deviation (one number d: 0 to d)
+                 p: float=0.5, # probability that the transform is applied
+                ): super().__init__(tio.RandomNoise(mean=mean, std=std, p=p))
 
 class RandomBiasField(MedRandTransform):
     "Smooth multiplicative intensity inhomogeneity, as in MRI (TorchIO)."
-    def __init__(self, coefficients=0.5, order: int=3, p: float=0.5):
+    def __init__(self, coefficients=0.5, # polynomial coefficients drawn from ± coefficients (or a (lo, hi) range)
+                 order: int=3, # order of the polynomial basis of the field
+                 p: float=0.5, # probability that the transform is applied
+                ):
         super().__init__(tio.RandomBiasField(coefficients=coefficients, order=order, p=p))
 
 class RandomBlur(MedRandTransform):
     "Gaussian blur with a random standard deviation in mm (TorchIO)."
-    def __init__(self, std=(0, 2), p: float=0.5): super().__init__(tio.RandomBlur(std=std, p=p))
+    def __init__(self, std=(0, 2), # (lo, hi) range of the Gaussian kernel's standard deviation in mm (one number d: 0 to d)
+                 p: float=0.5, # probability that the transform is applied
+                ): super().__init__(tio.RandomBlur(std=std, p=p))
 
 class RandomGamma(MedRandTransform):
     "Random gamma (contrast) change, exp of a value drawn from `log_gamma` (TorchIO)."
-    def __init__(self, log_gamma=(-0.3, 0.3), p: float=0.5): super().__init__(tio.RandomGamma(log_gamma=log_gamma, p=p))
+    def __init__(self, log_gamma=(-0.3, 0.3), # (lo, hi) range of log(gamma) (one number d: ± d); 0 leaves the image unchanged
+                 p: float=0.5, # probability that the transform is applied
+                ): super().__init__(tio.RandomGamma(log_gamma=log_gamma, p=p))
 
 class RandomMotion(MedRandTransform):
     "MRI motion artefact (TorchIO)."
-    def __init__(self, degrees=10, translation=10, num_transforms: int=2, image_interpolation='linear', p: float=0.5):
+    def __init__(self, degrees=10, # rotation of each movement drawn from ± degrees (or a (lo, hi) range)
+                 translation=10, # shift of each movement in mm drawn from ± translation (or a (lo, hi) range)
+                 num_transforms: int=2, # movements during the acquisition; more gives a stronger artefact
+                 image_interpolation='linear', # interpolation of images: 'linear', 'nearest', 'bspline', ...
+                 p: float=0.5, # probability that the transform is applied
+                ):
         super().__init__(tio.RandomMotion(degrees=degrees, translation=translation, num_transforms=num_transforms,
                                           image_interpolation=image_interpolation, p=p))
 
 class RandomGhosting(MedRandTransform):
     "MRI ghosting artefact (TorchIO)."
-    def __init__(self, intensity=(0.5, 1), p: float=0.5): super().__init__(tio.RandomGhosting(intensity=intensity, p=p))
+    def __init__(self, intensity=(0.5, 1), # (lo, hi) range of the artefact's strength, relative to the k-space maximum (d: 0 to d)
+                 p: float=0.5, # probability that the transform is applied
+                ): super().__init__(tio.RandomGhosting(intensity=intensity, p=p))
 
 class RandomSpike(MedRandTransform):
     "MRI spike (herringbone) artefact (TorchIO)."
-    def __init__(self, num_spikes=1, intensity=(1, 3), p: float=0.5):
+    def __init__(self, num_spikes=1, # number of spikes in k-space, drawn from 0 to num_spikes (or a (lo, hi) range)
+                 intensity=(1, 3), # (lo, hi) range of the spike intensity relative to the spectrum's maximum (one number d: ± d)
+                 p: float=0.5, # probability that the transform is applied
+                ):
         super().__init__(tio.RandomSpike(num_spikes=num_spikes, intensity=intensity, p=p))
 
 _label_keys = ['mask'] + [f'mask_{i}' for i in range(1, 8)]
 
-# %% ../nbs/09_vision_augmentation.ipynb #791514c8
+# %% ../nbs/09_vision_augmentation.ipynb #c07aadab
 class _Scale:
     def __init__(self, scale_range): self.scale_range = scale_range
     def __repr__(self): return f'scale{tuple(self.scale_range)}'
@@ -195,7 +229,9 @@ class _Scale:
 
 class RandomIntensityScale(MedRandTransform):
     "Multiply intensities by one factor drawn from `scale_range`."
-    def __init__(self, scale_range=(0.5, 2.0), p: float=0.5):
+    def __init__(self, scale_range=(0.5, 2.0), # (lo, hi) range of the intensity factor
+                 p: float=0.5, # probability that the transform is applied
+                ):
         self.scale_range = scale_range
         super().__init__(tio.Lambda(_Scale(scale_range), types_to_apply=[tio.INTENSITY], p=p))
 
@@ -234,14 +270,20 @@ class _Cutout(tio.Transform):
 
 class RandomCutout(MedRandTransform):
     "Blank out 1 to `max_holes` random boxes of the image ('min', 'mean', 'random' or a number); masks untouched."
-    def __init__(self, holes: int=1, max_holes: int=3, spatial_size=8, max_spatial_size=16, fill='min',
+    def __init__(self, holes: int=1, # fewest boxes
+                 max_holes: int=3, # most boxes (the number is drawn between `holes` and this)
+                 spatial_size=8, # smallest box size in voxels: one int or three
+                 max_spatial_size=16, # largest box size in voxels: one int or three
+                 fill='min', # value of the boxes: 'min' or 'mean' of the image, 'random' (Gaussian with its mean and std), or a number
                  mask_only: bool=True, # centre the boxes inside the item's mask when it has one
-                 p: float=0.2):
+                 p: float=0.2, # probability that the transform is applied
+                ):
         super().__init__(_Cutout(holes, max_holes, spatial_size, max_spatial_size, fill, mask_only, p=p))
 
 class OneOf(MedRandTransform):
     "Apply one of several fastMONAI transforms, chosen with the given weights (TorchIO `OneOf`)."
     def __init__(self, transform_dict: dict, # {transform: weight}
-                 p: float=1):
+                 p: float=1, # probability that one of the transforms is applied
+                ):
         self.transform_dict = transform_dict
         super().__init__(tio.OneOf({t.tio_transform: w for t, w in transform_dict.items()}, p=p))

@@ -60,7 +60,7 @@ class BatchTransform(ItemTransform):
         res = self.apply(p, x, params)
         return x if res is p else _rewrap(res, x)
 
-# %% ../nbs/10_vision_batch_augmentation.ipynb #b9e1e600
+# %% ../nbs/10_vision_batch_augmentation.ipynb #12fa067f
 def _range(v, centre=0.):
     "A number `v` as the range (centre - v, centre + v); a pair as itself."
     if np.isscalar(v): return (centre - float(v), centre + float(v))
@@ -71,7 +71,8 @@ def _uniform(n, lo_hi, k=3):
     return lo + (hi - lo) * torch.rand(n, k, dtype=torch.float64)
 
 def axis_ranges(v, # one number, a (lo, hi) pair, three numbers or six (or three pairs)
-                around: float=0.) -> tuple: # the centre of the ranges (1 for scaling factors)
+                around: float=0., # the centre of the ranges (1 for scaling factors)
+               ) -> tuple: # six numbers: (lo, hi) per axis
     "Six numbers, a (lo, hi) range per axis, read as TorchIO reads `RandomAffine`'s arguments."
     v = tuple(float(x) for x in np.asarray(v, dtype=float).ravel())
     if len(v) == 1: v = v * 3
@@ -85,7 +86,8 @@ def _draw(n, ranges) -> torch.Tensor:
     r = torch.tensor(ranges, dtype=torch.float64).view(3, 2)
     return r[:, 0] + (r[:, 1] - r[:, 0]) * torch.rand(n, 3, dtype=torch.float64)
 
-def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
+def rotation_matrices(angles: torch.Tensor, # [n, 3] Euler angles in radians about axes 0, 1, 2
+                     ) -> torch.Tensor: # [n, 3, 3]
     "Rotation matrices `[n, 3, 3]` from Euler angles `[n, 3]` (radians) about axes 0, 1, 2, composed Z·X·Y (SimpleITK's `Euler3DTransform`)."
     c, s = torch.cos(angles), torch.sin(angles)
     one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
@@ -113,7 +115,12 @@ def affine_from_params(factors: torch.Tensor, # [n, 3] scaling factors (1.1: obj
     m = rotation_matrices(degrees.to(torch.float64) * math.pi / 180).transpose(1, 2)   # the inverse rotation
     return m @ torch.diag_embed(1 / factors.to(torch.float64)), -(m @ translation.to(torch.float64)[..., None])[..., 0]
 
-def affine_matrices(n: int, scales=0., degrees=10., translation=0., isotropic: bool=False) -> tuple:
+def affine_matrices(n: int, # number of items
+                    scales=0., # scaling factors: 1 ± scales (or ranges, see `axis_ranges`)
+                    degrees=10., # rotation angles: ± degrees about each axis (or ranges)
+                    translation=0., # shifts in mm: ± translation (or ranges)
+                    isotropic: bool=False, # one scaling factor for the three axes
+                   ) -> tuple:
     "Random `(matrices [n, 3, 3], shifts_mm [n, 3])` in world millimetres, drawn and composed as TorchIO's `RandomAffine`."
     return affine_from_params(*affine_params(n, scales, degrees, translation, isotropic))
 
@@ -135,7 +142,8 @@ def _grid_components(theta, size) -> list:
     return [(t[:, i, 0] * u + t[:, i, 1] * v + t[:, i, 3]) + t[:, i, 2] * z for i in range(3)]
 
 def affine_grid_3d(theta: torch.Tensor, # [k, 3, 4] in `F.affine_grid`'s conventions
-                size) -> torch.Tensor: # [k, C, D, H, W]
+                size, # the output's size [k, C, D, H, W]
+               ) -> torch.Tensor: # [k, D, H, W, 3] sampling grid
     "`F.affine_grid(theta, size, align_corners=False)` for 3D, built from three 1-D ramps (several times faster on CPU)."
     return torch.stack(_grid_components(theta, size), -1)
 
@@ -244,7 +252,7 @@ class BatchRandomFlip(BatchTransform):
         if not any(dims): return x
         return torch.stack([xi.flip(d) if d else xi for xi, d in zip(x.unbind(0), dims)])
 
-# %% ../nbs/10_vision_batch_augmentation.ipynb #8b61178a
+# %% ../nbs/10_vision_batch_augmentation.ipynb #57cf4000
 class BatchIntensityTransform(BatchTransform):
     "Base of intensity transforms: images only; values drawn per item (and per channel where `per_channel`)."
     order = 110
@@ -266,7 +274,8 @@ class BatchRandomNoise(BatchIntensityTransform):
     _repr_names = ('mean', 'std', 'p')
     def __init__(self, mean=0., # a (lo, hi) range, or one number d for (-d, d)
                  std=(0, 0.25), # a (lo, hi) range, or one number d for (0, d)
-                 p: float=0.5):
+                 p: float=0.5, # probability that an item is transformed
+                ):
         super().__init__(p); self.mean, self.std = mean, std
         self.mean_range = _range(mean)
         self.std_range = (0., float(std)) if np.isscalar(std) else (float(std[0]), float(std[1]))
@@ -277,7 +286,8 @@ class BatchRandomGamma(BatchIntensityTransform):
     "sign(x)·|x|^γ with γ = exp(u), u drawn per item and channel from `log_gamma` (TorchIO's `RandomGamma`)."
     per_channel, _repr_names = True, ('log_gamma', 'p')
     def __init__(self, log_gamma=(-0.3, 0.3), # a (lo, hi) range, or one number for ± it
-                 p: float=0.5):
+                 p: float=0.5, # probability that an item is transformed
+                ):
         super().__init__(p); self.log_gamma = log_gamma; self.range = _range(log_gamma)
     def change(self, x, v): return torch.sign(x) * x.abs().pow(torch.exp(v))
 
@@ -285,15 +295,17 @@ class BatchRandomIntensityScale(BatchIntensityTransform):
     "Multiply intensities by a factor drawn per item from `scale_range`."
     _repr_names = ('scale_range', 'p')
     def __init__(self, scale_range=(0.5, 2.0), # (lo, hi) factors
-                 p: float=0.5):
+                 p: float=0.5, # probability that an item is transformed
+                ):
         super().__init__(p); self.scale_range = scale_range; self.range = tuple(scale_range)
     def change(self, x, v): return x * v
 
-# %% ../nbs/10_vision_batch_augmentation.ipynb #b25d61d3
+# %% ../nbs/10_vision_batch_augmentation.ipynb #7f51a332
 def gpu_patch_augmentations(patch_size, # patch shape in voxels (three ints, or one)
                             target_spacing=None, # voxel spacing in mm the patches are at (one number or three)
                             p: float=0.5, # probability of each spatial transform per item
-                            intensity: bool=True) -> list: # also add noise, gamma and brightness changes
+                            intensity: bool=True, # also add noise, gamma and brightness changes
+                           ) -> list:
     "Batch augmentations for patches of `patch_size` at `target_spacing`: rotation/scaling, flips and intensity."
     size = np.broadcast_to(np.asarray(patch_size, float), (3,))
     spacing = np.ones(3) if target_spacing is None else np.broadcast_to(np.asarray(target_spacing, float), (3,))
@@ -305,11 +317,11 @@ def gpu_patch_augmentations(patch_size, # patch shape in voxels (three ints, or 
                            BatchRandomIntensityScale(scale_range=(0.75, 1.25), p=0.15)]
     return tfms
 
-# %% ../nbs/10_vision_batch_augmentation.ipynb #9f5fbabb
+# %% ../nbs/10_vision_batch_augmentation.ipynb #29abab57
 class BatchTwin(NamedTuple):
     "An item transform and the batch transform that replaces it."
-    item: object
-    batch: BatchTransform
+    item: object # the random item transform (e.g. `RandomAffine`)
+    batch: BatchTransform # its batch twin, run on whole batches instead
     def __repr__(self): return f"{self.item!r} → {self.batch!r}"
 
 BATCH_TWINS = {} # item transform class → function(item transform) → its batch twin, or None when these settings have none
@@ -350,12 +362,14 @@ def _gamma_twin(tfm):
 @register_batch_twin(RandomIntensityScale)
 def _scale_twin(tfm): return BatchRandomIntensityScale(scale_range=tuple(tfm.scale_range), p=tfm.tio_transform.probability)
 
-def batch_twin(tfm) -> BatchTransform|None:
+def batch_twin(tfm, # an item transform (only random ones of a registered class have twins)
+              ) -> BatchTransform|None:
     "The batch transform doing exactly what the random item transform `tfm` does, or None."
     make = BATCH_TWINS.get(type(tfm))
     return make(tfm) if make is not None and getattr(tfm, 'split_idx', None) == 0 else None
 
-def split_batch_augmentation(item_tfms) -> tuple:
+def split_batch_augmentation(item_tfms, # a transform or a list of item transforms
+                            ) -> tuple:
     "`(item_tfms left, [BatchTwin])`: the trailing item transforms (in the order they run) that all have batch twins, moved."
     tfms = list(L(item_tfms))
     ordered = sorted(tfms, key=lambda t: getattr(t, 'order', 0))   # the order fastai runs them in

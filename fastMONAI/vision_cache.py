@@ -26,14 +26,15 @@ __all__ = ['CACHE_FORMAT_VERSION', 'CACHE_MARKER', 'DEFAULT_MAX_DISK_BYTES', 'da
            'MemoryLRU', 'default_cache_dir', 'cache_writer', 'is_cache_folder', 'VolumeCache', 'default_cache',
            'get_cache', 'fill_cache', 'BackgroundFill']
 
-# %% ../nbs/13_vision_cache.ipynb #955f601e
+# %% ../nbs/13_vision_cache.ipynb #04145ef5
 CACHE_FORMAT_VERSION = 3 # 2: reader settings from the plan record; 3: entries carry a checksum
 
 def _stat_entry(p: Path) -> list:
     st = p.stat()
     return [str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
-def data_files(p: Path) -> list:
+def data_files(p: Path, # a volume file
+              ) -> list:
     "The files holding the voxels of a detached header (`.mhd`, `.nhdr`, `.hdr`); [] for anything else."
     name = p.name.lower()
     if name.endswith('.hdr'): return [q for q in (p.with_suffix('.img'), p.with_suffix('.IMG')) if q.exists()][:1]
@@ -50,7 +51,8 @@ def data_files(p: Path) -> list:
             return [q] if q.exists() else []
     return []
 
-def file_identity(o) -> list:
+def file_identity(o, # a file, a DICOM folder, or a list of them (a multi-channel input)
+                 ) -> list:
     "Resolved path, size, mtime (ns) and inode of each file in `o` (a file, a DICOM folder, or a list of them)."
     res = []
     for p in (list(o) if isinstance(o, (list, tuple)) else [o]):
@@ -126,7 +128,7 @@ class MemoryLRU:
         with self.lock: self.data.clear(); self.nbytes = 0
     def __len__(self): return len(self.data)
 
-# %% ../nbs/13_vision_cache.ipynb #d502d3ef
+# %% ../nbs/13_vision_cache.ipynb #ba607408
 def default_cache_dir() -> Path:
     "`FASTMONAI_CACHE_DIR` if set, else `~/.cache/fastMONAI`."
     return Path(os.environ.get('FASTMONAI_CACHE_DIR') or Path.home() / '.cache' / 'fastMONAI').expanduser()
@@ -156,7 +158,8 @@ def _own_file(p: Path) -> bool:
 def _own_subfolder(d: Path) -> bool:
     return re.fullmatch('[0-9a-f]{2}', d.name) is not None and d.is_dir() and not d.is_symlink()
 
-def is_cache_folder(folder) -> bool:
+def is_cache_folder(folder, # a path (need not exist)
+                   ) -> bool:
     "Whether `folder` carries the cache marker (it was created or adopted by a `VolumeCache`)."
     try: return json.loads((Path(folder) / CACHE_MARKER).read_text()).get('format') == 'fastMONAI-cache'
     except (OSError, ValueError, AttributeError): return False
@@ -364,7 +367,8 @@ def default_cache() -> VolumeCache:
     "A cache in `default_cache_dir()`, pruned to `DEFAULT_MAX_DISK_BYTES` after it is filled."
     return VolumeCache(default_cache_dir(), max_disk_bytes=DEFAULT_MAX_DISK_BYTES, is_default=True)
 
-def get_cache(cache=True) -> VolumeCache|None:
+def get_cache(cache=True, # True (the default cache), False/None (off), a folder or a `VolumeCache`
+             ) -> VolumeCache|None:
     "Resolve a `cache=` argument: True → `default_cache()`, False/None → off, a folder → a cache there, a cache → itself."
     if cache is None or cache is False: return None
     if cache is True: return default_cache()
@@ -372,7 +376,7 @@ def get_cache(cache=True) -> VolumeCache|None:
     if hasattr(cache, 'load'): return cache
     raise TypeError(f"cache must be True, False, a folder or a VolumeCache, not {cache!r}")
 
-# %% ../nbs/13_vision_cache.ipynb #7b46d23e
+# %% ../nbs/13_vision_cache.ipynb #99fb8ab4
 def _fill_init():
     torch.set_num_threads(1)                           # one thread per process: the processes share the cores
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)

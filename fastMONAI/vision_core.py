@@ -230,13 +230,18 @@ def as_tensor(x, # a MedImage/MedMask (any tensor), numpy array or array-like
         return t if dtype is None and device is None else t.to(dtype=dtype, device=device)
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
-# %% ../nbs/04_vision_core.ipynb #8b0ef471
-def to_med(img: tio.Image, dtype=None, source: SourceGeometry|None=None):
+# %% ../nbs/04_vision_core.ipynb #29a63849
+def to_med(img: tio.Image, # a TorchIO image (data and affine)
+           dtype=None, # MedImage or MedMask; None: MedMask for a `LabelMap`, else MedImage
+           source: SourceGeometry|None=None, # the file's geometry to carry along (see `SourceGeometry`)
+          ):
     "Wrap a TorchIO image as a `MedImage`/`MedMask` carrying its affine (and source geometry)."
     dtype = dtype or (MedMask if isinstance(img, tio.LabelMap) else MedImage)
     return dtype(img.data, affine=np.asarray(img.affine, dtype=float), source=source)
 
-def to_tio(x, dtype=None) -> tio.Image:
+def to_tio(x, # a MedImage/MedMask (its affine is used) or a plain tensor (identity affine)
+           dtype=None, # MedMask gives a `LabelMap`, MedImage a `ScalarImage`; None: by `x`'s type
+          ) -> tio.Image:
     "A TorchIO image from a `MedImage`/`MedMask` (or plain tensor), with the tensor's affine."
     affine = x.__dict__.get('affine') if isinstance(x, MedBase) else None
     is_mask = issubclass(dtype or type(x), MedMask)
@@ -286,7 +291,7 @@ def med_img_reader(file_path, # a file, a DICOM series folder, or a list of file
     if only_tensor: return res
     return _float32(to_med(img, dtype, source)), res, reordered_shape
 
-# %% ../nbs/04_vision_core.ipynb #4d65cdc2
+# %% ../nbs/04_vision_core.ipynb #1514866f
 def _as_grid(g) -> tuple:
     "`(shape, affine)` of a `SourceGeometry`, a `(shape, affine)` pair, or the `source` of a `MedImage`/`MedMask`."
     if isinstance(g, MedBase):
@@ -341,7 +346,8 @@ def check_pair(image, # the image's `SourceGeometry` (or a `MedImage` carrying o
 
 def onto_grid(img: tio.Image, # a TorchIO image (a label map is resampled with nearest neighbour)
               grid, # `(shape, affine)` or a `SourceGeometry`
-              tolerance: float=0.1) -> tio.Image: # within this (voxels), the affine is only snapped to the grid's
+              tolerance: float=0.1, # within this (voxels), the affine is only snapped to the grid's
+             ) -> tio.Image:
     "`img` on `grid`: resampled by TorchIO when its grid differs, else with `grid`'s affine."
     shape, affine = _as_grid(grid)
     if grid_difference((shape, affine), (img.spatial_shape, img.affine), tolerance) is not None:
@@ -349,7 +355,7 @@ def onto_grid(img: tio.Image, # a TorchIO image (a label map is resampled with n
     else: data = img.data
     return type(img)(tensor=data, affine=affine)
 
-# %% ../nbs/04_vision_core.ipynb #51a68e37
+# %% ../nbs/04_vision_core.ipynb #4034806a
 def label_values(x, # a label map: MedMask, tensor or array
                  path=None, # the file it came from (named in errors)
                 ) -> list:
@@ -398,7 +404,8 @@ def check_label_values(values, # the label values of one mask (`label_values`)
         raise MedReadError(f"{path}: holds label values {[v for v in values if v not in known]} that the task does not know "
                            f"(its labels: {sorted(known)}){hint}")
 
-def maps_label_values(t) -> bool:
+def maps_label_values(t, # a TorchIO transform
+                     ) -> bool:
     "Whether the TorchIO transform `t` only changes label values (a `Lambda` for label maps, as `BinaryConverter` builds)."
     return isinstance(t, tio.Lambda) and list(t.types_to_apply or []) == [tio.LABEL]
 

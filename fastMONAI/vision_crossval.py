@@ -24,8 +24,9 @@ from .vision_planner import ExperimentPlan, train_experiment
 # %% auto #0
 __all__ = ['label_mapping', 'case_scores', 'summarise', 'CrossValidation', 'cross_validate']
 
-# %% ../nbs/18c_vision_crossval.ipynb #945f25e1
-def label_mapping(plan) -> dict: # an `ExperimentPlan` or its `Plan`
+# %% ../nbs/18c_vision_crossval.ipynb #05ab9a1f
+def label_mapping(plan, # an `ExperimentPlan` or its `Plan`
+                 ) -> dict:
     "`{stored value: task value}` of the plan's `MapLabels` transforms, composed in order (empty when there are none)."
     p = getattr(plan, 'plan', plan)
     mapping = {}
@@ -44,7 +45,8 @@ def _mapped(arr: np.ndarray, mapping: dict) -> np.ndarray:
 def case_scores(pred, # predicted MedMask (on the scan's grid)
                 label, # reference MedMask on the same grid (or its file)
                 labels, # the foreground label values to score
-                mapping: dict|None=None) -> list: # `label_mapping` of the plan, applied to the reference
+                mapping: dict|None=None, # `label_mapping` of the plan, applied to the reference
+               ) -> list:
     "One dict per label: `label, dice, hd95_mm, reference_ml, predicted_ml`."
     if not isinstance(label, MedMask): label = med_img_reader(label, dtype=MedMask)
     name = label.__dict__.get('source').path if label.__dict__.get('source') is not None else 'the reference'
@@ -67,8 +69,9 @@ def case_scores(pred, # predicted MedMask (on the scan's grid)
         rows.append(dict(label=int(v), dice=dice, hd95_mm=hd, reference_ml=int(rv.sum()) * ml, predicted_ml=int(pv.sum()) * ml))
     return rows
 
-# %% ../nbs/18c_vision_crossval.ipynb #323a87f8
-def summarise(table: pd.DataFrame) -> pd.DataFrame: # `CrossValidation.table`
+# %% ../nbs/18c_vision_crossval.ipynb #7d30628d
+def summarise(table: pd.DataFrame, # `CrossValidation.table`
+             ) -> pd.DataFrame:
     "Per label and over labels (`mean`: each case's mean over labels): mean, std and count of Dice and HD95 over cases."
     rows = []
     for (label, name), g in table.groupby(['label', 'name'], sort=True):
@@ -105,7 +108,7 @@ class CrossValidation:
         return (f"CrossValidation({len(self.folds)} folds, {self.table.case.nunique()} cases: out-of-fold Dice {mean:.3f} ± {std:.3f}"
                 + (f", ensemble {self.ensemble}" if self.output is not None else '') + ')')
 
-# %% ../nbs/18c_vision_crossval.ipynb #db7e8f7c
+# %% ../nbs/18c_vision_crossval.ipynb #06f83db9
 def _start_parent(tracking, tracking_uri, run_name, tags, eplan: ExperimentPlan, folds) -> tuple:
     "`(client, run_id, uri, experiment name)` of a new parent run."
     import_mlflow()
@@ -150,7 +153,8 @@ def cross_validate(plan, # an `ExperimentPlan` or its JSON file
                    tracking_kwargs: dict|None=None, # more `MLflowCallback` arguments for the fold runs
                    quiet: bool=True, # no progress bars
                    logger=None, # a `Recorder.logger` replacement (e.g. `print`) when quiet
-                   learners: bool=False) -> CrossValidation: # keep the fold learners in `result.learners`
+                   learners: bool=False, # keep the fold learners in `result.learners`
+                  ) -> CrossValidation:
     "Train every fold of an experiment plan, score each case out of fold on its own grid, save the folds as one ensemble."
     eplan = plan if isinstance(plan, ExperimentPlan) else ExperimentPlan.load(plan)
     folds = list(range(len(eplan.folds))) if folds is None else [int(f) for f in folds]

@@ -105,7 +105,7 @@ class MedReader(DisplayedTransform):
 
 def _is_reader_fn(f, cls): return getattr(f, '__func__', None) is MedBase.create.__func__ and getattr(f, '__self__', None) is cls
 
-# %% ../nbs/15_vision_data.ipynb #e9dcaa4c
+# %% ../nbs/15_vision_data.ipynb #6738aec1
 def MedMaskBlock():
     "A `TransformBlock` for label volumes read as `MedMask`."
     return TransformBlock(type_tfms=MedMask.create)
@@ -159,7 +159,9 @@ class CheckPairs(ItemTransform):
 
 class MaskOnImageGetter:
     "A getter giving `MaskOnImageGrid([mask, first image file])` for an item, from the mask's and the image's getters."
-    def __init__(self, mask_getter, image_getter): self.mask_getter, self.image_getter = mask_getter, image_getter
+    def __init__(self, mask_getter, # item → the mask's file
+                 image_getter, # item → the image's file(s); the first one gives the grid
+                ): self.mask_getter, self.image_getter = mask_getter, image_getter
     def __call__(self, item):
         mask, image = MedReader.as_input(self.mask_getter(item)), MedReader.as_input(self.image_getter(item))
         if isinstance(mask, list): raise ValueError(f"resample_masks=True needs one mask file per item, not {mask}")
@@ -179,8 +181,12 @@ def _bad_target(value, task: str) -> str|None:
 
 class MedDataBlock(DataBlock):
     "A fastai `DataBlock` for 3D medical volumes, reading them as its own plan says, with their masks and targets checked."
-    def __init__(self, blocks:list=None, dl_type=None, getters:list=None, n_inp:int=None,
-                 item_tfms:list=None, batch_tfms:list=None,
+    def __init__(self, blocks:list=None, # `TransformBlock`s, e.g. `(ImageBlock(cls=MedImage), MedMaskBlock)`
+                 dl_type=None, # the `TfmdDL` subclass (None: the blocks' or `MedTfmdDL`)
+                 getters:list=None, # one getter per block, applied to each item of `get_items`
+                 n_inp:int=None, # how many blocks are inputs (None: all but the last)
+                 item_tfms:list=None, # item transforms; the leading deterministic ones run once per file (see `cache_tfms`)
+                 batch_tfms:list=None, # batch transforms (after any batch twins of the item transforms)
                  reorder: bool=False, # reorder every volume to RAS+ (also `apply_reorder=`)
                  resample=None, # voxel spacing in mm, one number or three (also `target_spacing=`)
                  cache=True, # True: the default `VolumeCache`; False: off; a folder; or a `VolumeCache`
@@ -295,10 +301,13 @@ class MedDataBlock(DataBlock):
                                       labels=None if labels is None else [v if isinstance(v, (int, float, str)) else str(v) for v in labels])
         return res
 
-# %% ../nbs/15_vision_data.ipynb #609d92f4
+# %% ../nbs/15_vision_data.ipynb #b09d99ca
 class PathColReader(ColReader):
     "`ColReader` for file names: `name + suff`, joined to `folder` unless it is absolute."
-    def __init__(self, cols, folder=None, suff=''):
+    def __init__(self, cols, # the column(s) holding the file names
+                 folder=None, # folder that relative names are joined to (None: as they are)
+                 suff='', # appended to each name (e.g. '.nii.gz')
+                ):
         super().__init__(cols, suff=suff)
         self.folder = None if folder is None else str(folder)
     def _do_one(self, r, c):
@@ -389,15 +398,18 @@ class MedImageDataLoaders(DataLoaders):
                               reorder=args['reorder'], resample=args['target_spacing'], **block_kw)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
-# %% ../nbs/15_vision_data.ipynb #de79e991
-def pred_to_binary_mask(pred) -> torch.Tensor:
+# %% ../nbs/15_vision_data.ipynb #8139b38d
+def pred_to_binary_mask(pred, # logits of a one-channel model, `[1, ...]` or `[B, 1, ...]`
+                       ) -> torch.Tensor:
     "Logits of a one-channel model (one item or a batch) → {0, 1} mask (sigmoid ≥ 0.5, i.e. logit ≥ 0)."
     return logits_to_mask(torch.as_tensor(pred)[None], dim=0)[0].float()
 
-def pred_to_multiclass_mask(pred) -> torch.Tensor:
+def pred_to_multiclass_mask(pred, # logits `[C, ...]` of one item
+                           ) -> torch.Tensor:
     "Logits `[C, ...]` (one item) → label map `[1, ...]` (softmax-argmax over channels)."
     return logits_to_mask(pred, dim=0).float()
 
-def batch_pred_to_multiclass_mask(pred):
+def batch_pred_to_multiclass_mask(pred, # logits `[B, C, ...]`
+                                 ):
     "Logits `[B, C, ...]` → `(masks [B, 1, ...], n_classes)`."
     return logits_to_mask(pred, dim=1).float(), pred.shape[1]

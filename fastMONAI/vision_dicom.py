@@ -29,7 +29,7 @@ def _clinical(feature: str='DICOM output'):
     "`(highdicom, pydicom)`, or an ImportError naming the `clinical` extra."
     return optional_import('highdicom', 'clinical', feature), optional_import('pydicom', 'clinical', feature)
 
-# %% ../nbs/06a_vision_dicom.ipynb #d484782b
+# %% ../nbs/06a_vision_dicom.ipynb #479ad2ed
 def write_clinical_series(folder, # where to write the `.dcm` files (one per slice)
                           data: np.ndarray, # the volume [X, Y, Z]; rounded to int16
                           affine: np.ndarray, # 4x4 RAS affine (any orientation, oblique allowed)
@@ -38,7 +38,8 @@ def write_clinical_series(folder, # where to write the `.dcm` files (one per sli
                           shuffle_names: bool=False, # store the slices under file names in random order
                           seed: int=0, # seed of the shuffle
                           tags: dict|None=None, # extra attributes for every file, e.g. {'Modality': 'CT', 'RescaleIntercept': -1024}
-                          prefix: str='slice') -> Path: # file names are `<prefix>_<k>.dcm`
+                          prefix: str='slice', # file names are `<prefix>_<k>.dcm`
+                         ) -> Path:
     "`fastMONAI.testing.write_dicom_series` plus a frame of reference, a patient and the true slice spacing."
     _, pydicom = _clinical('write_clinical_series')
     from fastMONAI.testing import write_dicom_series
@@ -56,7 +57,7 @@ def write_clinical_series(folder, # where to write the `.dcm` files (one per sli
         for src, k in zip(moved, order): src.rename(folder / f'{prefix}_{k:04d}.dcm')
     return folder
 
-# %% ../nbs/06a_vision_dicom.ipynb #be1998aa
+# %% ../nbs/06a_vision_dicom.ipynb #d15b8b38
 @dataclass
 class DicomSeries:
     "A DICOM series on disk: its files and headers in position order and its grid."
@@ -93,7 +94,8 @@ def _gap_message(folder, files, positions) -> str:
     return (f"{folder}: the slices are not evenly spaced: {steps[k]:.4g} mm between {files[order[k]].name} and "
             f"{files[order[k + 1]].name}, {usual:.4g} mm elsewhere (a missing or duplicated slice?)")
 
-def read_dicom_series(folder) -> DicomSeries: # a folder holding one DICOM series
+def read_dicom_series(folder, # a folder holding one DICOM series
+                     ) -> DicomSeries:
     "Headers, files in position order and RAS grid of a DICOM series; refuses what is not one regular volume."
     hd, pydicom = _clinical('reading a DICOM series')
     folder = Path(folder)
@@ -126,7 +128,7 @@ def read_dicom_series(folder) -> DicomSeries: # a folder holding one DICOM serie
     shape = (int(headers[0].Columns), int(headers[0].Rows), len(files))
     return DicomSeries(folder, files, headers, shape, np.diag([-1., -1., 1., 1.]) @ lps)
 
-# %% ../nbs/06a_vision_dicom.ipynb #d20acd21
+# %% ../nbs/06a_vision_dicom.ipynb #282e60b6
 def _onto_grid(data: np.ndarray, affine, shape, target_affine, atol: float=1e-3):
     "`data [X, Y, Z]` with its axes permuted/flipped (no resampling) onto `(shape, target_affine)`, or None if not the same grid."
     transform = nib.orientations.ornt_transform(nib.io_orientation(affine), nib.io_orientation(target_affine))
@@ -140,7 +142,8 @@ def _describe_grid(shape, affine) -> str:
             f"orientation {affine_orientation(affine)}, origin {tuple(round(float(v), 2) for v in np.asarray(affine)[:3, 3])}")
 
 def labels_on_series(mask, # MedMask [1, X, Y, Z] (or [X, Y, Z]) carrying its affine
-                     series: DicomSeries) -> np.ndarray: # the source series (`read_dicom_series`)
+                     series: DicomSeries, # the source series (`read_dicom_series`)
+                    ) -> np.ndarray:
     "The label map as integers on the series grid `[X, Y, Z]`; a MedReadError when it is not on that grid."
     source = getattr(mask.__dict__.get('source'), 'path', None) if isinstance(mask, MedBase) else None
     name = f"the prediction{f' of {source}' if source else ''}"
@@ -158,7 +161,7 @@ def labels_on_series(mask, # MedMask [1, X, Y, Z] (or [X, Y, Z]) carrying its af
                            f"{_describe_grid(series.shape, series.affine)}); map it to the source grid first (`map_to_source`)")
     return out.astype(np.int64)
 
-# %% ../nbs/06a_vision_dicom.ipynb #b0c1c7b7
+# %% ../nbs/06a_vision_dicom.ipynb #e5e36721
 def _segment_descriptions(n_segments: int, label_names: dict, hd, codes, algorithm_name: str, category, property_type):
     algorithm = hd.AlgorithmIdentificationSequence(name=algorithm_name, family=codes.cid7162.ArtificialIntelligence,
                                                    version=fastMONAI.__version__)
@@ -169,7 +172,8 @@ def _segment_descriptions(n_segments: int, label_names: dict, hd, codes, algorit
                                       algorithm_identification=algorithm)
             for k in range(1, n_segments + 1)]
 
-def check_label_names(label_names) -> dict:
+def check_label_names(label_names, # {label value: name}, as given by a user (None: {})
+                     ) -> dict:
     "`{label value: name}` with integer keys ≥ 1 (0 is the background) and string names."
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
     if any(k < 1 for k in names): raise ValueError(f"label_names keys are label values 1, 2, ...; 0 is the background: {label_names}")
@@ -185,7 +189,8 @@ def save_dicom_seg(mask, # MedMask on the source grid (as predicted for this ser
                    category=None, # segmented property category code (pydicom Code); default SCT Tissue
                    property_type=None, # segmented property type code; default SCT Tissue
                    seed: str|None=None, # derive the new UIDs from this string (a re-run gives the same UIDs); None: new ones
-                   omit_empty_frames: bool=False) -> Path: # True: a smaller file without empty slices (read it with its series)
+                   omit_empty_frames: bool=False, # True: a smaller file without empty slices (read it with its series)
+                  ) -> Path:
     "Write a label map as a DICOM Segmentation referencing its source series, one segment per label; returns the path."
     hd, pydicom = _clinical('DICOM-SEG output')
     from pydicom.sr.codedict import codes
@@ -204,7 +209,7 @@ def save_dicom_seg(mask, # MedMask on the source grid (as predicted for this ser
         omit_empty_frames=omit_empty_frames, series_description=series_description)
     return atomic_write(path, lambda tmp: seg.save_as(tmp))
 
-# %% ../nbs/06a_vision_dicom.ipynb #2eb18db3
+# %% ../nbs/06a_vision_dicom.ipynb #0a80a223
 def _read_seg(path, hd):
     path = Path(path)
     if not path.is_file(): raise MedReadError(f"{path}: no such DICOM-SEG file")
@@ -212,7 +217,8 @@ def _read_seg(path, hd):
     except Exception as e: raise MedReadError(f"{path}: cannot be read as a DICOM Segmentation ({type(e).__name__}: {e})") from e
 
 def read_dicom_seg(path, # a DICOM-SEG file
-                   series_folder=None) -> MedMask: # its source series: the mask is then placed on that series' grid
+                   series_folder=None, # its source series: the mask is then placed on that series' grid
+                  ) -> MedMask:
     "A DICOM Segmentation as a label `MedMask` [1, X, Y, Z] (label = segment number), with its affine and source."
     hd, _ = _clinical('reading DICOM-SEG')
     seg = _read_seg(path, hd)
@@ -233,7 +239,8 @@ def read_dicom_seg(path, # a DICOM-SEG file
     res.source = SourceGeometry(str(path), data.shape, affine)
     return res
 
-def is_dicom_seg(path) -> bool: # any path
+def is_dicom_seg(path, # any path
+                ) -> bool:
     "Whether `path` is a DICOM Segmentation file (False when pydicom is not installed)."
     path = Path(path)
     if not path.is_file(): return False
@@ -242,12 +249,13 @@ def is_dicom_seg(path) -> bool: # any path
     try: return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=['Modality']).get('Modality') == 'SEG'
     except Exception: return False
 
-def dicom_seg_label_names(path) -> dict: # a DICOM-SEG file
+def dicom_seg_label_names(path, # a DICOM-SEG file
+                         ) -> dict:
     "`{segment number: segment label}` of a DICOM Segmentation."
     hd, _ = _clinical('reading DICOM-SEG')
     return {int(s.SegmentNumber): str(s.SegmentLabel) for s in _read_seg(path, hd).SegmentSequence}
 
-# %% ../nbs/06a_vision_dicom.ipynb #09d5e6c7
+# %% ../nbs/06a_vision_dicom.ipynb #da22a4c5
 _PIXEL_VALUE_TAGS = ('RescaleSlope', 'RescaleIntercept', 'RescaleType', 'WindowCenter', 'WindowWidth',
                      'WindowCenterWidthExplanation', 'VOILUTSequence', 'ModalityLUTSequence', 'SmallestImagePixelValue',
                      'LargestImagePixelValue', 'PixelPaddingValue', 'PixelPaddingRangeLimit', 'LossyImageCompression')
@@ -259,7 +267,8 @@ def save_series_pred(mask, # MedMask on the source grid (as predicted for this s
                      series_description: str='fastMONAI prediction', # SeriesDescription of the new series
                      series_number: int=998, # SeriesNumber of the new series
                      prefix: str='pred', # file names `<prefix>_<k>.dcm`, k along the slice normal
-                     overwrite: bool=False) -> Path: # replace an existing folder of .dcm files
+                     overwrite: bool=False, # replace an existing folder of .dcm files
+                    ) -> Path:
     "Write a label map as a DICOM series next to its source series, slice by slice; returns the folder."
     hd, pydicom = _clinical('save_series_pred')
     series = read_dicom_series(series_folder)
@@ -289,13 +298,14 @@ def save_series_pred(mask, # MedMask on the source grid (as predicted for this s
     return atomic_write_folder(save_dir, write, overwrite, what='DICOM output folder',
                                replaceable=lambda f: all(p.name.endswith('.dcm') for p in f.iterdir()))
 
-# %% ../nbs/06a_vision_dicom.ipynb #003cfee3
+# %% ../nbs/06a_vision_dicom.ipynb #d544741c
 _STRUCTURE = {6: 1, 18: 2, 26: 3} # neighbourhood → SciPy's connectivity rank
 
 def volume_table(mask, # label MedMask [1, X, Y, Z] (or tensor/array [X, Y, Z] with `spacing=`)
                   label_names: dict|None=None, # {label value: name}; named labels absent from the mask get a zero row
                   spacing=None, # voxel size in mm; default from the mask's affine
-                  connectivity: int=26) -> pd.DataFrame: # 6, 18 or 26: which neighbours join a component
+                  connectivity: int=26, # 6, 18 or 26: which neighbours join a component
+                 ) -> pd.DataFrame:
     "One row per label: `label, name, voxels, volume_ml, components`."
     if connectivity not in _STRUCTURE: raise ValueError(f"connectivity must be 6, 18 or 26, not {connectivity}")
     names = check_label_names(label_names)
@@ -319,7 +329,8 @@ def volume_table(mask, # label MedMask [1, X, Y, Z] (or tensor/array [X, Y, Z] w
 def save_volume_table(mask, # label MedMask (see `volume_table`)
                        path, # the CSV file to write
                        label_names: dict|None=None, # {label value: name}
-                       **kwargs) -> Path: # `spacing=`, `connectivity=` for `volume_table`
+                       **kwargs, # `spacing=`, `connectivity=` for `volume_table`
+                      ) -> Path: # `path`
     "Write `volume_table` as CSV, atomically; returns the path."
     table = volume_table(mask, label_names, **kwargs)
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))

@@ -62,7 +62,7 @@ def _check_architecture(name: str, where: str='') -> callable:
                          f"({', '.join(sorted(ARCHITECTURES))}); register your own with `@register_architecture`")
     return ARCHITECTURES[name]
 
-# %% ../nbs/08_vision_export.ipynb #5f6de0a3
+# %% ../nbs/08_vision_export.ipynb #f52f77c2
 _WORD = re.compile(r'[A-Za-z][A-Za-z0-9_-]*')
 
 def _strings(v):
@@ -76,7 +76,8 @@ def _strings(v):
 def check_arch_kwargs(name: str, # a key of `ARCHITECTURES`
                       kwargs: dict, # the constructor's keyword arguments, as in a config
                       where: str='', # what to name in errors, e.g. the config file
-                      strings: bool=True) -> dict: # also apply the rule for string arguments
+                      strings: bool=True, # also apply the rule for string arguments
+                     ) -> dict:
     "Check `kwargs` against the registered constructor's signature, and strings against the allowed names; returns them."
     fn = _check_architecture(name, where=f"{where}: " if where else '')
     at = f"{where}: {name}" if where else name
@@ -111,14 +112,17 @@ def _without_downloads(name: str, kwargs: dict) -> dict:
     except (TypeError, ValueError): params = {}
     return {**kwargs, **{k: False for k in WEIGHT_ARGUMENTS if k in params or k in kwargs}}
 
-def expected_shapes(name: str, kwargs: dict) -> dict|None:
+def expected_shapes(name: str, # a key of `ARCHITECTURES`
+                    kwargs: dict, # the constructor's keyword arguments
+                   ) -> dict|None:
     "`{parameter or buffer name: shape}` of the network `name(**kwargs)` built on the `meta` device (no memory); None if it cannot be."
     try:
         with torch.device('meta'): model = ARCHITECTURES[name](**_without_downloads(name, kwargs))
     except Exception: return None      # e.g. a constructor that reads tensor values; built for real instead
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
-def weight_shapes(path) -> dict:
+def weight_shapes(path, # a `.safetensors` file
+                 ) -> dict:
     "`{tensor name: shape}` from a safetensors file's header, without loading any tensor."
     try:
         with safe_open(str(path), framework='pt') as f: return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -131,7 +135,8 @@ def _shape_differences(expected: dict, found: dict) -> list:
     return diff[:5]
 
 def create_model(name: str, # a key of `ARCHITECTURES`, e.g. 'UNet'
-                 **kwargs) -> nn.Module: # the constructor's keyword arguments (JSON values)
+                 **kwargs, # the constructor's keyword arguments (JSON values)
+                ) -> nn.Module: # the network, its `(name, kwargs)` recorded
     "Build a registered architecture and record `(name, kwargs)` on it for `save_model`."
     fn = _check_architecture(name)
     kwargs = _json_value(kwargs, f"the arguments of {name}")
@@ -140,7 +145,7 @@ def create_model(name: str, # a key of `ARCHITECTURES`, e.g. 'UNet'
     model._fastmonai_arch = dict(name=name, kwargs=kwargs)
     return model
 
-# %% ../nbs/08_vision_export.ipynb #e963a574
+# %% ../nbs/08_vision_export.ipynb #ed6fd41f
 FORMAT = 'fastMONAI-model'
 FORMAT_VERSION = 3 # the newest this fastMONAI reads. 1: separate preprocessing/output/patch_config sections (read and converted); 2: the plan record; 3: an ensemble
 SINGLE_FORMAT_VERSION = 2 # what `save_model` writes (one network); `save_ensemble` writes 3
@@ -156,7 +161,8 @@ def _state_dict(model: nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 def save_weights(model: nn.Module, # the network
-                 path) -> Path: # the `.safetensors` file to write
+                 path, # the `.safetensors` file to write
+                ) -> Path:
     "Write a network's weights (only) as safetensors."
     save_file(_state_dict(model), str(path), metadata=dict(format='pt', library='fastMONAI'))
     return Path(path)
@@ -214,7 +220,8 @@ def save_model(learn_or_model, # a fastai `Learner` (its plan is `learn.dls.plan
                arch_kwargs: dict|None=None, # its keyword arguments; default: recorded by `create_model`
                overwrite: bool=False, # replace an existing model folder
                metadata: dict|None=None, # extra JSON information stored in the config
-               **plan_keywords) -> Path: # without a plan: task=, reorder=, resample=, item_tfms=, vocab=, threshold=, patch_config=
+               **plan_keywords, # without a plan: task=, reorder=, resample=, item_tfms=, vocab=, threshold=, patch_config=
+              ) -> Path: # the model folder
     "Save a model as safetensors weights plus a JSON config holding its plan, atomically. Returns the folder."
     is_learner = hasattr(learn_or_model, 'dls') and hasattr(learn_or_model, 'model')
     model = learn_or_model.model if is_learner else learn_or_model
@@ -242,13 +249,15 @@ def save_model(learn_or_model, # a fastai `Learner` (its plan is `learn.dls.plan
         (folder/'README.md').write_text(_model_card(config))
     return atomic_write_folder(path, write, overwrite, replaceable=lambda f: (f/'config.json').exists(), what='fastMONAI model folder')
 
-# %% ../nbs/08_vision_export.ipynb #9f131214
+# %% ../nbs/08_vision_export.ipynb #f3d89127
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 class JSONType:
     "A check of a JSON value: `test(value) -> bool` and the words for errors (`'an integer ≥ 1'`)."
-    def __init__(self, test, what: str): self.test, self.what = test, what
+    def __init__(self, test, # `test(value) -> bool`; an exception counts as False
+                 what: str, # what a passing value is, for errors: 'an integer ≥ 1'
+                ): self.test, self.what = test, what
     def __call__(self, v) -> bool:
         try: return bool(self.test(v))
         except Exception: return False
@@ -279,7 +288,8 @@ json_types.spacing = json_types.positive | json_types.positive.list((1, 3))
 
 def check_json_types(d: dict, # the record, as read from JSON
                      types: dict, # {key: JSONType} for the keys to check (missing keys are not checked)
-                     where: str) -> dict: # the file (and section) to name in errors
+                     where: str, # the file (and section) to name in errors
+                    ) -> dict:
     "Raise a `ValueError` naming `where`, the key, its expected and its actual type, for the first value of the wrong type."
     if not isinstance(d, dict): raise ValueError(f"{where}: must be a JSON object, not {json.dumps(d)[:80]}")
     for k, t in types.items():
@@ -295,13 +305,14 @@ PLAN_TYPES = dict(task=_T.str, reorder=_T.bool, target_spacing=_T.spacing.or_nul
                   label_names=_T.str.list().or_null(), keep_largest=_T.bool, label_interpolation=_T.str, version=_T.int)
 
 def check_plan_types(d: dict, # a plan as JSON (`Plan.to_dict()`)
-                     where: str='plan') -> dict: # the file to name in errors
+                     where: str='plan', # the file to name in errors
+                    ) -> dict:
     "Check the types of a plan record (and of its patch settings) before `Plan.from_dict` reads it."
     check_json_types(d, PLAN_TYPES, f"{where}: plan")
     if isinstance(d.get('patch'), dict): check_json_types(d['patch'], PATCH_TYPES, f"{where}: plan.patch")
     return d
 
-# %% ../nbs/08_vision_export.ipynb #1768e88d
+# %% ../nbs/08_vision_export.ipynb #366ef673
 def _v1_plan(config: dict) -> dict:
     "The plan of a format-version-1 config."
     pre, out = config.get('preprocessing') or {}, config.get('output') or {}
@@ -311,7 +322,8 @@ def _v1_plan(config: dict) -> dict:
     if config.get('patch_config'): plan = _with_v1_patch(plan, config['patch_config'])
     return plan.to_dict()
 
-def read_config(path) -> dict:
+def read_config(path, # a model folder, or its `config.json`
+               ) -> dict:
     "The validated `config.json` of a model folder, with its `plan` (no code is run, unknown names are refused)."
     path = Path(path)
     fn = path/'config.json' if path.is_dir() else path
@@ -451,7 +463,7 @@ class SafeModel:
         "Predict many scans into `outdir` (see `Predictor.predict_files`)."
         return self.predictor.predict_files(inputs, outdir, **kwargs)
 
-# %% ../nbs/08_vision_export.ipynb #48d84061
+# %% ../nbs/08_vision_export.ipynb #381d1a43
 def _member(m, plan: Plan|None, where: str) -> tuple:
     "`(network, architecture name, kwargs, plan)` of an ensemble member."
     if isinstance(m, (str, Path)): m = load_model(m)
@@ -472,7 +484,8 @@ def save_ensemble(members, # Learners, networks (`create_model`), `SafeModel`s o
                   plan: Plan|None=None, # the plan of all members (default: each member's own, which must agree)
                   overwrite: bool=False, # replace an existing model folder
                   metadata: dict|None=None, # extra JSON information stored in the config
-                  member_metadata=None) -> Path: # a JSON dict per member (e.g. its fold's validation scores)
+                  member_metadata=None, # a JSON dict per member (e.g. its fold's validation scores)
+                 ) -> Path:
     "Save networks that predict together (probabilities averaged) as one model folder, atomically. Returns the folder."
     members = list(members)
     if not members: raise ValueError("an ensemble needs at least one member")
@@ -510,12 +523,13 @@ def save_ensemble(members, # Learners, networks (`create_model`), `SafeModel`s o
         (folder/'README.md').write_text(_model_card(config))
     return atomic_write_folder(path, write, overwrite, replaceable=lambda f: (f/'config.json').exists(), what='fastMONAI model folder')
 
-# %% ../nbs/08_vision_export.ipynb #73596755
+# %% ../nbs/08_vision_export.ipynb #ac61acf8
 def push_to_hub(path_or_model, # a model folder, or a `SafeModel` loaded from one
                 repo_id: str, # 'owner/name' on the Hub
                 token: str|None=None, # a Hub token; default: huggingface_hub's login
                 private: bool=False, # create the repository as private
-                commit_message: str='Upload fastMONAI model') -> str:
+                commit_message: str='Upload fastMONAI model', # the Hub commit's message
+               ) -> str:
     "Upload a saved model folder to the Hugging Face Hub; returns the commit URL."
     folder = path_or_model.path if isinstance(path_or_model, SafeModel) else Path(path_or_model)
     if folder is None: raise ValueError("this SafeModel has no folder; save it with `save_model` first")
@@ -530,7 +544,8 @@ def from_hub(repo_id: str, # 'owner/name' on the Hub
              revision: str|None=None, # branch, tag or commit
              cache_dir=None, # download cache (huggingface_hub's default when None)
              token: str|None=None, # for private repositories
-             device='cpu') -> SafeModel:
+             device='cpu', # where the network(s) run
+            ) -> SafeModel:
     "Download a fastMONAI model (config, safetensors, model card only) from the Hub and load it."
     return load_model(_download(repo_id, revision=revision, cache_dir=cache_dir, token=token), device=device)
 

@@ -25,7 +25,7 @@ from .vision_cache import cache_key, default_cache_dir
 __all__ = ['FINGERPRINT_VERSION', 'case_names', 'cases_table', 'file_sha256', 'fingerprint_case', 'fingerprint_dataset',
            'Fingerprint']
 
-# %% ../nbs/18a_vision_fingerprint.ipynb #4e5d09c8
+# %% ../nbs/18a_vision_fingerprint.ipynb #bf970b6e
 _IMAGE_COLUMNS = ('img_path', 'image', 'image_path', 'img', 't1_path')
 _LABEL_COLUMNS = ('mask_path', 'label_path', 'labels', 'mask', 'seg', 'segmentation')
 _CHANNEL_SUFFIX = re.compile(r'^(.*)_(\d{4})$')
@@ -75,7 +75,8 @@ def _pick(columns, given, candidates, what: str):
     if found is None and what == 'image': return list(columns)[0]
     return found
 
-def case_names(images) -> list:
+def case_names(images, # per case: a file or DICOM folder, or a list of them (the channels)
+              ) -> list:
     "A unique name per case: the first channel's file name without extension (with its folder when names repeat)."
     firsts = [_as_paths(i)[0] for i in images]
     names = [medical_stem(p) for p in firsts]
@@ -128,10 +129,11 @@ def cases_table(data, # a DataFrame, a CSV file, a folder pair `(images, labels)
     if 'subject' not in table.columns: table['subject'] = table['case']
     return table[['case', 'subject', 'image', 'label']].reset_index(drop=True), source
 
-# %% ../nbs/18a_vision_fingerprint.ipynb #e024ad2d
+# %% ../nbs/18a_vision_fingerprint.ipynb #b566d95c
 FINGERPRINT_VERSION = 1
 
-def file_sha256(paths) -> str:
+def file_sha256(paths, # a file, a DICOM folder, or a list of them
+               ) -> str:
     "SHA-256 of the bytes of a file, a DICOM folder (its files in name order) or a list of them."
     h = hashlib.sha256()
     for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
@@ -179,7 +181,8 @@ def _nonzero_box(data: np.ndarray) -> list:
 def fingerprint_case(image, # one file or DICOM folder, or a list of them (the channels)
                      label=None, # the label map, if any
                      n_samples: int=500, # foreground voxels kept per channel (pooled for the dataset's statistics)
-                     seed: int=0) -> dict:
+                     seed: int=0, # seed of the voxel sampling
+                    ) -> dict:
     "Geometry, per-channel intensity statistics, label statistics and file hashes of one case."
     paths = [str(p) for p in (image if isinstance(image, (list, tuple)) else [image])]
     img = read_channels(paths if len(paths) > 1 else paths[0])
@@ -207,7 +210,7 @@ def fingerprint_case(image, # one file or DICOM folder, or a list of them (the c
     res['sha256'] = dict(image=file_sha256(paths), label=file_sha256(label) if label is not None else None)
     return res
 
-# %% ../nbs/18a_vision_fingerprint.ipynb #a1e2fe2a
+# %% ../nbs/18a_vision_fingerprint.ipynb #5e979bd0
 def _fingerprint_path(folder: Path, image, label, n_samples: int, seed: int) -> Path:
     key = cache_key(list(image) + ([label] if label is not None else []), dict(kind='fingerprint', version=FINGERPRINT_VERSION,
                                                                                n_samples=n_samples, seed=seed, label=label is not None))
@@ -252,7 +255,8 @@ def fingerprint_dataset(data, # anything `cases_table` takes (DataFrame, CSV, fo
                         cache=True, # True: `<fastMONAI cache>/fingerprints`; a folder; False: measure every time
                         progress: bool|None=None, # a progress bar (None: when on a terminal)
                         n_samples: int=500, # foreground voxels kept per case and channel
-                        seed: int=0) -> Fingerprint:
+                        seed: int=0, # seed of the voxel sampling
+                       ) -> Fingerprint:
     "Fingerprint every case of a dataset (one parallel, cached pass over the voxels)."
     table, source = cases_table(data, img_col, mask_col, subject_col)
     jobs = [(tuple(r.image), None if _is_missing(r.label) else r.label) for _, r in table.iterrows()]
@@ -269,7 +273,7 @@ def fingerprint_dataset(data, # anything `cases_table` takes (DataFrame, CSV, fo
     return Fingerprint(cases=cases, source=source, n_samples=n_samples, seed=seed,
                        seconds=_round(time.perf_counter() - start, 3))
 
-# %% ../nbs/18a_vision_fingerprint.ipynb #ad79d9d1
+# %% ../nbs/18a_vision_fingerprint.ipynb #7e7c46b7
 def _frame(values, columns) -> np.ndarray:
     return np.asarray(values, dtype=float).reshape(-1, len(columns))
 
@@ -281,7 +285,7 @@ class Fingerprint:
     n_samples: int = 500 # foreground voxels kept per case and channel
     seed: int = 0 # seed of the sampling
     seconds: float = 0. # time the pass took
-    version: int = FINGERPRINT_VERSION
+    version: int = FINGERPRINT_VERSION # format version of the measurements (`load` refuses a newer one)
 
     @property
     def ok(self) -> list: return [c for c in self.cases if 'error' not in c]

@@ -19,8 +19,9 @@ __all__ = ['affine_spacing', 'affine_orientation', 'as_spacing', 'frozen_affine'
            'canonical_geometry', 'resampled_shape', 'flip_axes', 'resample_onto', 'signed_distance',
            'shape_based_resample']
 
-# %% ../nbs/01_vision_geometry.ipynb #9c5d8699
-def affine_spacing(affine) -> tuple:
+# %% ../nbs/01_vision_geometry.ipynb #9902eb7f
+def affine_spacing(affine, # 4x4 voxel-to-world affine (array-like)
+                  ) -> tuple:
     "Voxel size (mm) along each voxel axis of a 4x4 affine."
     return tuple(float(s) for s in get_rotation_and_spacing_from_affine(np.asarray(affine, dtype=float))[1])
 
@@ -33,7 +34,8 @@ def _io_orientation(affine) -> np.ndarray:
         return np.column_stack([axes, np.sign(rotation_zoom[axes, [0, 1, 2]])]).astype(float)
     return orientations.io_orientation(np.asarray(affine, dtype=float))
 
-def affine_orientation(affine) -> str:
+def affine_orientation(affine, # 4x4 voxel-to-world RAS affine (array-like)
+                      ) -> str:
     "Orientation code such as 'RAS' or 'LPS' of a 4x4 affine (where each voxel axis points to)."
     return ''.join(orientations.ornt2axcodes(_io_orientation(affine)))
 
@@ -49,8 +51,9 @@ def as_spacing(value, # one positive number, three, or None
         raise ValueError(f"{name} must be one positive number or three, not {value!r}")
     return tuple(float(s) for s in sp)
 
-# %% ../nbs/01_vision_geometry.ipynb #6d391155
-def frozen_affine(a) -> np.ndarray:
+# %% ../nbs/01_vision_geometry.ipynb #37913d21
+def frozen_affine(a, # a 4x4 affine (array-like)
+                 ) -> np.ndarray:
     "A read-only float copy of a 4x4 affine (safe to share between tensors)."
     a = np.array(a, dtype=float)
     if a.shape != (4, 4): raise ValueError(f"an affine is a 4x4 matrix, not shape {a.shape}")
@@ -142,12 +145,13 @@ def flip_axes(axes, # anatomical letters (e.g. 'LR' or 'LRAPIS') and/or voxel ax
         else: raise ValueError(f"axis {a!r} is not a spatial axis (0, 1, 2)")
     return tuple(sorted(res))
 
-# %% ../nbs/01_vision_geometry.ipynb #4472ff7e
+# %% ../nbs/01_vision_geometry.ipynb #d55de08d
 def resample_onto(data: torch.Tensor, # `[C, X, Y, Z]` on the grid of `affine`
                   affine, # 4x4 affine of `data`'s grid
                   shape, # spatial shape of the target grid
                   target_affine, # 4x4 affine of the target grid
-                  label: bool) -> torch.Tensor: # nearest neighbour (labels) or linear
+                  label: bool, # True: nearest neighbour (labels); False: linear
+                 ) -> torch.Tensor:
     "TorchIO `Resample` of `data` onto `(shape, target_affine)`."
     img = (tio.LabelMap if label else tio.ScalarImage)(tensor=data, affine=np.asarray(affine, float))
     out = tio.Resample((tuple(int(s) for s in shape), np.asarray(target_affine, float)))(img)
@@ -155,7 +159,8 @@ def resample_onto(data: torch.Tensor, # `[C, X, Y, Z]` on the grid of `affine`
     return out.data
 
 def signed_distance(mask, # binary array [X, Y, Z]
-                    spacing=(1., 1., 1.)) -> np.ndarray: # voxel size in mm
+                    spacing=(1., 1., 1.), # voxel size in mm
+                   ) -> np.ndarray:
     "Signed distance (mm) to the mask's boundary: negative inside, positive outside (SciPy EDT)."
     mask = np.asarray(mask) > 0
     if not mask.any(): return np.full(mask.shape, 1e6, np.float32)
@@ -165,7 +170,10 @@ def signed_distance(mask, # binary array [X, Y, Z]
     return (outside - inside).astype(np.float32)
 
 def shape_based_resample(labels: torch.Tensor, # integer label map `[1, X, Y, Z]`
-                         affine, shape, target_affine) -> torch.Tensor:
+                         affine, # 4x4 affine of `labels`' grid
+                         shape, # spatial shape of the target grid
+                         target_affine, # 4x4 affine of the target grid
+                        ) -> torch.Tensor:
     "Shape-based interpolation of a label map onto `(shape, target_affine)`: each voxel takes the label it is deepest inside."
     arr = labels[0].numpy()
     values = np.unique(np.concatenate([[0], arr.ravel()]))

@@ -19,11 +19,12 @@ _all_ = ['keep_largest', 'refine_binary_pred_mask', 'compute_binary_tumor_volume
 # %% auto #0
 __all__ = ['learner_plan', 'inference', 'keep_largest', 'refine_binary_pred_mask', 'compute_binary_tumor_volume', 'map_to_source']
 
-# %% ../nbs/17_vision_inference.ipynb #ed9e56cf
+# %% ../nbs/17_vision_inference.ipynb #ccc319ea
 def learner_plan(learn, # a fastai Learner (or an nn.Module)
                  reorder=None, # None: the plan's
                  resample=None, # None: the plan's
-                 warn: bool=True) -> Plan: # warn when the given settings contradict the learner's plan
+                 warn: bool=True, # warn when the given settings contradict the learner's plan
+                ) -> Plan:
     "The plan to predict with: the learner's (`learn.dls.plan`), with `reorder`/`resample` when given."
     plan = getattr(getattr(learn, 'dls', None), 'plan', None)
     given_spacing = as_spacing(resample, 'resample') if resample is not None else None

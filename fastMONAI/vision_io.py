@@ -55,12 +55,13 @@ def atomic_write_files(path, # the final file (a header whose writer may add its
     finally: shutil.rmtree(folder, ignore_errors=True)
     return path
 
-# %% ../nbs/02_vision_io.ipynb #5109a534
+# %% ../nbs/02_vision_io.ipynb #57261385
 def atomic_write_folder(path, # the final folder
                         write, # called as `write(tmp)` with a temporary empty folder next to `path`
                         overwrite: bool=False, # replace an existing folder
                         replaceable=lambda folder: True, # whether an existing folder may be replaced (one we wrote)
-                        what: str='folder') -> Path: # what the folder is, for messages
+                        what: str='folder', # what the folder is, for messages
+                       ) -> Path:
     "Have `write` fill a temporary folder, then swap it in for `path` (atomically, by renames)."
     path = Path(path)
     if path.exists():
@@ -96,7 +97,7 @@ def numpy_columns(df): # a pandas DataFrame
         if pd.api.types.is_string_dtype(df[c].dtype) and df[c].dtype != object: df[c] = df[c].astype(object)
     return df
 
-# %% ../nbs/02_vision_io.ipynb #58e94145
+# %% ../nbs/02_vision_io.ipynb #2ef29679
 def to_json_friendly(o): # a value made of dicts, lists, tuples, numpy/torch values, Paths and fastai collections
     "`o` with numpy/torch values as Python numbers and lists, `Path`s as strings, tuples and collections as lists, keys as strings."
     if isinstance(o, (list, tuple)): return [to_json_friendly(v) for v in o]
@@ -108,12 +109,14 @@ def to_json_friendly(o): # a value made of dicts, lists, tuples, numpy/torch val
     return o
 
 def write_json(path, # the file to write (parent folders are created)
-               obj) -> Path: # anything `to_json_friendly` can convert
+               obj, # anything `to_json_friendly` can convert
+              ) -> Path:
     "Write `obj` as JSON to `path` atomically (temporary file, then rename)."
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(to_json_friendly(obj), indent=2)))
 
 def read_json(path, # a JSON file
-              what: str='fastMONAI JSON file') -> dict: # what the file should be (for the error message)
+              what: str='fastMONAI JSON file', # what the file should be (for the error message)
+             ) -> dict:
     "Read a JSON object from `path`; pickles and zips are refused unread."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
@@ -125,7 +128,7 @@ def read_json(path, # a JSON file
     if not isinstance(d, dict): raise ValueError(f"{path}: is not a {what} (expected a JSON object)")
     return d
 
-# %% ../nbs/02_vision_io.ipynb #4bc3ff8a
+# %% ../nbs/02_vision_io.ipynb #990cce1a
 MEDICAL_EXTENSIONS = ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd')
 _NEVER_DICOM = ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd', '.hdr', '.img') # formats SimpleITK reads that are never DICOM
 
@@ -133,18 +136,22 @@ class MedReadError(ValueError):
     "A medical image that cannot be used, with the file named in the message."
     pass
 
-def is_nifti(path) -> bool:
+def is_nifti(path, # a file name or path (only the name is looked at)
+            ) -> bool:
     "Whether `path` names a NIfTI file (`.nii` or `.nii.gz`)."
     return str(path).lower().endswith(('.nii', '.nii.gz'))
 
-def medical_stem(path) -> str:
+def medical_stem(path, # a file or folder path
+                ) -> str:
     "The file name without its medical extension (`scan.nii.gz` → `scan`); a folder's name as it is."
     name = Path(path).name
     for ext in MEDICAL_EXTENSIONS:
         if name.lower().endswith(ext): return name[:-len(ext)]
     return name
 
-def nifti_affine(header, path) -> np.ndarray:
+def nifti_affine(header, # the file's NiBabel header
+                 path, # the NIfTI file (read by SimpleITK only when qform and sform disagree)
+                ) -> np.ndarray:
     "The affine of a NIfTI file as ITK (and so TorchIO) reads it (NiBabel's, unless qform and sform disagree)."
     q, _ = header.get_qform(coded=True)
     s, _ = header.get_sform(coded=True)
@@ -381,7 +388,7 @@ def read_channels(paths, # one file or DICOM folder, or a list of them (the chan
                                "channels must share one grid")
     return type(ref)(tensor=torch.cat([im.data for im in imgs]), affine=ref.affine)
 
-# %% ../nbs/02_vision_io.ipynb #e32b8b3f
+# %% ../nbs/02_vision_io.ipynb #4da21867
 def _gunzipped_size(path, offset: int=0) -> int:
     "Decompress the gzip stream of `path` starting at `offset`, counting bytes (raises when it is cut short)."
     n = 0
@@ -489,7 +496,8 @@ def _dicom_header(folder):
     image.SetSpacing(spacing[:3]); image.SetOrigin(first.GetOrigin()[:3]); image.SetDirection(first.GetDirection()[:9])
     return tuple(int(s) for s in size[:3]), get_ras_affine_from_sitk(image)
 
-def short_error(e: Exception) -> str:
+def short_error(e: Exception, # any exception
+               ) -> str:
     "One line about `e` (for SimpleITK, the line with its ITK error rather than the C++ location)."
     lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
     line = next((l for l in lines if 'ERROR' in l), lines[0] if lines else '')
@@ -509,8 +517,9 @@ def read_header_geometry(path, # a NIfTI, NRRD, MHA or MHD file, or a DICOM seri
     check_grid(p, shape, affine)
     return shape, affine
 
-# %% ../nbs/02_vision_io.ipynb #d607ebd3
-def label_dtype(arr) -> np.dtype:
+# %% ../nbs/02_vision_io.ipynb #217fb338
+def label_dtype(arr, # integer-valued label values (array-like)
+               ) -> np.dtype:
     "The smallest integer type holding every value of a label array."
     arr = np.asarray(arr)
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)

@@ -55,14 +55,19 @@ def _distributed() -> bool:
     d = torch.distributed
     return d.is_available() and d.is_initialized() and d.get_world_size() > 1
 
-# %% ../nbs/16_vision_learner.ipynb #7fca7d18
+# %% ../nbs/16_vision_learner.ipynb #45255daa
 def _has_plan(dls) -> bool:
     try: return getattr(dls, 'plan', None) is not None
     except ValueError: return False       # (a plan that cannot be complete: fastai's own paths)
 
 class MedLearner(_FastaiLearner):
     "fastai's `Learner`; with fastMONAI DataLoaders it also fills the cache, keeps target geometry, does mirror TTA and predicts by the plan."
-    def __init__(self, dls, model, *args, cbs=None, **kwargs):
+    def __init__(self, dls, # DataLoaders (with fastMONAI's, `FillCache` and `KeepTargetTypes` are added)
+                 model, # the network
+                 *args, # more of fastai `Learner`'s arguments (`loss_func`, `opt_func`, ...)
+                 cbs=None, # callbacks, as in fastai
+                 **kwargs, # fastai `Learner`'s keyword arguments
+                ):
         ours = getattr(dls, 'task', None) is not None
         super().__init__(dls, model, *args, cbs=L(cbs) + ([FillCache(), KeepTargetTypes()] if ours else []), **kwargs)
 
@@ -106,13 +111,14 @@ class MedLearner(_FastaiLearner):
 
 Learner = MedLearner
 
-# %% ../nbs/16_vision_learner.ipynb #07cce8dd
+# %% ../nbs/16_vision_learner.ipynb #09a3cdf1
 def _flip(o, dims):
     if isinstance(o, (list, tuple)): return type(o)(_flip(t, dims) for t in o)
     return o.flip(dims) if isinstance(o, torch.Tensor) and o.ndim == 5 else o
 
 class MirrorCallback(Callback):
     "Flip the input batch along `dims` before the model, and the prediction back after it."
-    def __init__(self, dims): self.dims = tuple(dims)
+    def __init__(self, dims, # dimensions of the 5D batch `[B, C, X, Y, Z]` to flip, e.g. `(2, 4)`
+                ): self.dims = tuple(dims)
     def before_batch(self): self.learn.xb = _flip(self.xb, self.dims)
     def after_pred(self): self.learn.pred = _flip(self.pred, self.dims)

@@ -25,7 +25,7 @@ __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance',
            'calculate_dsc', 'calculate_hd95', 'calculate_assd', 'calculate_nsd', 'SegmentationMetric',
            'KeepTargetTypes', 'evaluate_segmentations']
 
-# %% ../nbs/12_vision_metrics.ipynb #5e39f5e2
+# %% ../nbs/12_vision_metrics.ipynb #0eeb52a8
 def _match_target(act, targ):
     "Plain `(act [B, C, X, Y, Z], targ [B, 1, X, Y, Z])`, with a clear error when the shapes disagree."
     act, targ = as_tensor(act), as_tensor(targ)
@@ -35,13 +35,17 @@ def _match_target(act, targ):
         raise ValueError(f"target shape {tuple(targ.shape)} does not match logits {tuple(act.shape)}: expected [B, 1, X, Y, Z]")
     return act, targ
 
-def binary_masks(act, targ):
+def binary_masks(act, # logits `[B, C, X, Y, Z]` (C = 1, or one per class with background)
+                 targ, # label target `[B, 1, X, Y, Z]`
+                ):
     "Foreground masks `[B, 1, X, Y, Z]` (0/1 floats): logits by sigmoid ≥ 0.5 (one channel) or argmax > 0; target label > 0."
     act, targ = _match_target(act, targ)
     pred = logits_to_mask(act, dim=1) > 0   # one channel: sigmoid ≥ 0.5; several: argmax not background
     return pred.float(), (targ > 0.5).float()
 
-def multiclass_masks(act, targ):
+def multiclass_masks(act, # logits `[B, C, X, Y, Z]`, one channel per class (background included)
+                     targ, # label target `[B, 1, X, Y, Z]` with values 0 to C-1
+                    ):
     "One-hot foreground masks `[B, C-1, X, Y, Z]` (background dropped) of the logits' argmax and of the label target."
     act, targ = _match_target(act, targ)
     n = act.shape[1]

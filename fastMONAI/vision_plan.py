@@ -331,7 +331,8 @@ class Plan:
 
     @classmethod
     def from_dataset(cls, dataset, # a `MedDataset`
-                     **changes) -> Plan: # any other plan field
+                     **changes, # any other plan field
+                    ) -> Plan: # the suggested plan
         "A plan with the reordering and target spacing a `MedDataset` suggests."
         suggestion = dataset.get_suggestion()
         return cls(**{'reorder': suggestion['apply_reorder'], 'target_spacing': suggestion['target_spacing'], **changes})

@@ -30,11 +30,12 @@ __all__ = ['GB', 'ESTIMATE_OVERHEAD', 'AMP_ACTIVATION_FACTOR', 'EXPERIMENT_FORMA
            'ExperimentPlan', 'DeepSupervisedLoss', 'make_loss', 'shrink_patch', 'plan_experiment', 'parse_budget',
            'fit_within', 'train_experiment', 'is_experiment_plan']
 
-# %% ../nbs/18b_vision_planner.ipynb #0bfc2822
+# %% ../nbs/18b_vision_planner.ipynb #9dbaf4ca
 def network_topology(spacing, # voxel spacing (mm) the network sees
                      patch_size, # its input size (voxels)
                      min_feature_map: int=4, # an axis is pooled while its feature map is at least twice this
-                     max_poolings: int=5) -> dict: # at most this many poolings per axis
+                     max_poolings: int=5, # at most this many poolings per axis
+                    ) -> dict:
     "Kernel sizes, strides and the total stride per axis of a U-Net for `patch_size` at `spacing` (nnU-Net's rule)."
     current, size = [float(s) for s in spacing], [float(p) for p in patch_size]
     kernel, pools = [1, 1, 1], [0, 0, 0]
@@ -55,7 +56,8 @@ def network_topology(spacing, # voxel spacing (mm) the network sees
 
 def fit_patch(spacing, # voxel spacing (mm)
               patch_size, # the wished-for size (voxels)
-              **kwargs) -> tuple: # `network_topology`'s arguments
+              **kwargs, # `network_topology`'s arguments
+             ) -> tuple: # `(patch_size, topology)`
     "`(patch_size, topology)`: the patch rounded down to a multiple of the network's total stride, and that network."
     patch = [max(1, int(p)) for p in patch_size]
     for _ in range(10):
@@ -67,7 +69,8 @@ def fit_patch(spacing, # voxel spacing (mm)
 
 def cover_size(spacing, # voxel spacing (mm)
                size, # sizes to cover (voxels)
-               **kwargs) -> tuple: # `network_topology`'s arguments
+               **kwargs, # `network_topology`'s arguments
+              ) -> tuple: # `(input size, topology)`
     "`(input size, topology)`: the smallest multiple of the network's total stride that holds `size` (for whole volumes)."
     target = [max(1, int(math.ceil(s))) for s in size]
     for _ in range(10):
@@ -82,7 +85,8 @@ def dynunet_kwargs(topology: dict, # from `network_topology`
                    out_channels: int, # classes (background included)
                    base_filters: int=32, # filters of the first stage (doubling per stage)
                    max_filters: int=320, # at most this many
-                   deep_supervision: bool=True) -> dict: # also train on the decoder's lower outputs
+                   deep_supervision: bool=True, # also train on the decoder's lower outputs
+                  ) -> dict:
     "The arguments of MONAI's `DynUNet` for a topology (JSON values, for `vision_export.create_model`)."
     n = len(topology['strides'])
     supervised = deep_supervision and n >= 3
@@ -91,11 +95,12 @@ def dynunet_kwargs(topology: dict, # from `network_topology`
                 filters=[min(int(base_filters) * 2 ** i, int(max_filters)) for i in range(n)],
                 norm_name=['INSTANCE', {'affine': True}], deep_supervision=supervised, deep_supr_num=max(1, min(n - 2, 3)))
 
-# %% ../nbs/18b_vision_planner.ipynb #799bb05e
+# %% ../nbs/18b_vision_planner.ipynb #44e795bb
 GB = 2 ** 30
 ESTIMATE_OVERHEAD, AMP_ACTIVATION_FACTOR = 1.25, 0.55
 
-def activation_bytes(network_kwargs: dict) -> tuple:
+def activation_bytes(network_kwargs: dict, # DynUNet arguments (as from `dynunet_kwargs`)
+                    ) -> tuple:
     "`(bytes per input voxel of the tensors saved for backward, parameter count)` of a DynUNet, counted on a CPU probe (cached)."
     return _counted(json.dumps(to_json_friendly(network_kwargs), sort_keys=True))
 
@@ -119,7 +124,8 @@ def estimate_memory(network_kwargs: dict, # DynUNet arguments
                     patch_size, # input size (voxels)
                     batch_size: int, # items per step
                     amp: bool=True, # mixed precision (activations in half precision)
-                    counted: tuple|None=None) -> float: # `activation_bytes(network_kwargs)`, when already known
+                    counted: tuple|None=None, # `activation_bytes(network_kwargs)`, when already known
+                   ) -> float:
     "Estimated peak memory (GB) of one training step: counted activations, weights, gradients and Adam state, with overhead."
     per_voxel, params = counted or activation_bytes(network_kwargs)
     activations = per_voxel * float(np.prod(patch_size)) * batch_size * (AMP_ACTIVATION_FACTOR if amp else 1.)
@@ -131,7 +137,12 @@ def _train_step(model, x, amp: bool):
         out = model(x)
     out.float().mean().backward(); opt.step(); opt.zero_grad(set_to_none=True)
 
-def measure_memory(network_kwargs: dict, patch_size, batch_size: int, device='cuda', amp: bool=True) -> float:
+def measure_memory(network_kwargs: dict, # DynUNet arguments
+                   patch_size, # input size (voxels)
+                   batch_size: int, # items per step
+                   device='cuda', # a CUDA device (others are refused: use `estimate_memory`)
+                   amp: bool=True, # mixed precision
+                  ) -> float:
     "Peak memory (GB) of one training step on a CUDA `device`, measured; `inf` when it runs out of memory."
     device = torch.device(device)
     if device.type != 'cuda': raise ValueError(f"measure_memory needs a CUDA device, not {device}; use estimate_memory")
@@ -145,7 +156,13 @@ def measure_memory(network_kwargs: dict, patch_size, batch_size: int, device='cu
     finally:
         del model; torch.cuda.empty_cache()
 
-def measure_iteration(network_kwargs: dict, patch_size, batch_size: int, device='cpu', amp: bool=True, repeats: int=1) -> float:
+def measure_iteration(network_kwargs: dict, # DynUNet arguments
+                      patch_size, # input size (voxels)
+                      batch_size: int, # items per step
+                      device='cpu', # where to run the steps
+                      amp: bool=True, # mixed precision (CUDA only)
+                      repeats: int=1, # timed steps after the warm-up one
+                     ) -> float:
     "Seconds per training step (forward, backward, Adam step) of the network on `device` (median of `repeats`, after a warm-up)."
     device = torch.device(device)
     model = create_model('DynUNet', **network_kwargs).to(device).train()
@@ -158,11 +175,12 @@ def measure_iteration(network_kwargs: dict, patch_size, batch_size: int, device=
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:]))
 
-# %% ../nbs/18b_vision_planner.ipynb #dfd057f1
+# %% ../nbs/18b_vision_planner.ipynb #7474af89
 def make_splits(cases, # case names
                 subjects=None, # the subject of each case (None: every case its own)
                 n_folds: int=5, # folds (at most the number of subjects)
-                seed: int=0) -> list: # shuffling seed
+                seed: int=0, # shuffling seed
+               ) -> list:
     "Validation cases of each of `n_folds` seeded k-fold splits, grouped by subject."
     cases = [str(c) for c in cases]
     subjects = cases if subjects is None else [str(s) for s in subjects]
@@ -172,7 +190,7 @@ def make_splits(cases, # case names
     folds = KFold(n_splits=min(int(n_folds), len(groups)), shuffle=True, random_state=seed).split(groups)
     return [[c for c, s in zip(cases, subjects) if s in {groups[i] for i in valid}] for _, valid in folds]
 
-# %% ../nbs/18b_vision_planner.ipynb #abb9bea8
+# %% ../nbs/18b_vision_planner.ipynb #88b92e95
 EXPERIMENT_FORMAT, EXPERIMENT_VERSION = 'fastMONAI-experiment', 1
 
 def _frozen(v):
@@ -210,7 +228,7 @@ class ExperimentPlan:
     sizing: FrozenDict = field(default_factory=FrozenDict) # how memory and time were sized, and the numbers
     reasons: FrozenDict = field(default_factory=FrozenDict) # one line per choice
     seed: int = 0 # the seed of splits and training
-    version: int = EXPERIMENT_VERSION
+    version: int = EXPERIMENT_VERSION # format version of the plan (a newer one is refused)
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)
@@ -308,12 +326,14 @@ class ExperimentPlan:
         "The loss: a MONAI loss (with deep supervision when the network has it) as a fastai loss function."
         return make_loss(self.loss)
 
-# %% ../nbs/18b_vision_planner.ipynb #c2cc89c0
+# %% ../nbs/18b_vision_planner.ipynb #fd3a8e7e
 LOSSES = dict(DiceCE=DiceCELoss, DiceFocal=DiceFocalLoss)
 
 class DeepSupervisedLoss(CustomLoss):
     "A MONAI loss for fastai that also takes a deep-supervision stack `[B, heads, C, ...]` (MONAI `DeepSupervisionLoss`)."
-    def __init__(self, loss_func, weight_mode: str='exp'): # the loss of each head; how heads are weighted
+    def __init__(self, loss_func, # a MONAI loss, applied to each head
+                 weight_mode: str='exp', # head weights (MONAI `DeepSupervisionLoss`): 'exp' (1, 1/2, 1/4, ...), 'same' or 'two'
+                ):
         super().__init__(loss_func)
         self.deep = DeepSupervisionLoss(loss_func, weight_mode=weight_mode)
 
@@ -325,14 +345,15 @@ class DeepSupervisedLoss(CustomLoss):
         if self.reduction != 'none': return self.deep(heads, targ)
         return torch.stack([self.deep([h[i:i + 1] for h in heads], targ[i:i + 1]) for i in range(targ.shape[0])])
 
-def make_loss(spec: dict) -> CustomLoss:
+def make_loss(spec: dict, # a plan's `loss`: {'name': 'DiceCE'/'DiceFocal', 'deep_supervision': bool, 'kwargs': {...}}
+             ) -> CustomLoss:
     "The fastai loss of a plan's `loss` entry."
     name = spec.get('name')
     if name not in LOSSES: raise ValueError(f"unknown loss {name!r} (known: {sorted(LOSSES)})")
     loss = LOSSES[name](**_plain(spec.get('kwargs', {})))
     return DeepSupervisedLoss(loss) if spec.get('deep_supervision') else CustomLoss(loss)
 
-# %% ../nbs/18b_vision_planner.ipynb #dfa2d3ab
+# %% ../nbs/18b_vision_planner.ipynb #f792afa0
 AUGMENTATION_ITEM_TFMS = ('RandomAffine', 'RandomFlip', 'RandomGamma', 'RandomNoise', 'RandomBlur', 'RandomBiasField',
                           'RandomIntensityScale', 'RandomAnisotropy', 'RandomElasticDeformation')
 
@@ -384,7 +405,8 @@ def _size(memory, network_kwargs_for, patch, bs, device, amp) -> float:
 def shrink_patch(spacing, # voxel spacing (mm)
                  patch, # the input size to start from (voxels)
                  median, # the median resampled shape: the axis largest relative to it shrinks first
-                 good) -> list: # `good(patch)` → True when small enough
+                 good, # `good(patch)` → True when small enough
+                ) -> list:
     "nnU-Net's reduction: take one stride off the axis largest relative to the median shape until `good` (at least 3 stages)."
     patch = fit_patch(spacing, patch)[0]
     while not good(patch):
@@ -399,7 +421,9 @@ def shrink_patch(spacing, # voxel spacing (mm)
     return patch
 
 def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anything `fingerprint_dataset` takes
-                    img_col=None, mask_col=None, subject_col=None, # columns of a table (see `cases_table`)
+                    img_col=None, # image column(s) of a table (see `cases_table`)
+                    mask_col=None, # label column of a table
+                    subject_col=None, # column grouping the cases of one subject
                     gpu_memory_gb: float=8., # memory target of one training step
                     device=None, # where to measure: None → CUDA when available, else estimate on the CPU
                     budget=None, # training time budget: seconds or '10m', '1h'; sizes the width and epochs by measurement
@@ -412,8 +436,11 @@ def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anythin
                     base_filters: int|None=None, # first-stage filters (None: 32, or what the budget affords)
                     min_iterations: int=1000, # with a budget: the fewest training steps the input and width must afford
                     fingerprint_path=None, # where to write the fingerprint JSON (None: not written)
-                    n_workers: int|None=None, cache=True, progress=None, # the fingerprint pass
-                    **overrides) -> ExperimentPlan: # target_spacing, patch_size, batch_size, epochs, lr
+                    n_workers: int|None=None, # fingerprint pass: processes (None: one per CPU, 0: this process)
+                    cache=True, # fingerprint pass: True (the default cache), a folder, or False (measure every time)
+                    progress=None, # fingerprint pass: a progress bar (None: when on a terminal)
+                    **overrides, # target_spacing, patch_size, batch_size, epochs, lr
+                   ) -> ExperimentPlan: # the plan, with a reason per choice
     "Plan a segmentation experiment from a dataset's fingerprint; every choice with its reason."
     unknown = set(overrides) - {'target_spacing', 'patch_size', 'batch_size', 'epochs', 'lr'}
     if unknown: raise TypeError(f"plan_experiment() got unexpected keyword arguments {sorted(unknown)}")
@@ -600,8 +627,9 @@ def plan_experiment(data, # a `Fingerprint`, a fingerprint JSON file, or anythin
                                                                  path=str(Path(fingerprint_path).resolve()) if fingerprint_path else None),
                           sizing=sizing, reasons=reasons, seed=seed)
 
-# %% ../nbs/18b_vision_planner.ipynb #10366fae
-def parse_budget(budget) -> float|None:
+# %% ../nbs/18b_vision_planner.ipynb #bcb5e20e
+def parse_budget(budget, # seconds (a number or a string), or a string with units s, m, h; or None
+                ) -> float|None:
     "Seconds from a budget such as 600, '600', '90s', '10m', '1.5h' or '1h30m' (None stays None)."
     if budget is None: return None
     if isinstance(budget, (int, float)):
@@ -683,12 +711,13 @@ ExperimentPlan.cases_table = _cases
 ExperimentPlan.dataloaders = _dataloaders
 ExperimentPlan.learner = _learner
 
-# %% ../nbs/18b_vision_planner.ipynb #c5710ba2
+# %% ../nbs/18b_vision_planner.ipynb #e7228dd7
 def fit_within(learn, # a fastai Learner
                budget: float, # seconds, counted from `start`
                lr: float, # the maximum learning rate of the one-cycle schedule
                start: float|None=None, # `time.perf_counter()` when the budget began (None: now)
-               warmup: float=0.1) -> dict: # the warm-up epoch's learning rate, as a fraction of `lr`
+               warmup: float=0.1, # the warm-up epoch's learning rate, as a fraction of `lr`
+              ) -> dict:
     "Train within a time budget: one warm-up epoch at a low rate, timed, then `fit_one_cycle` for as many epochs as the rest affords."
     start = time.perf_counter() if start is None else start
     begin = time.perf_counter()
@@ -708,7 +737,8 @@ def train_experiment(plan, # an `ExperimentPlan` or its JSON file
                      overwrite: bool=False, # replace an existing model folder
                      quiet: bool=False, # no progress bars
                      logger=None, # a fastai `Recorder.logger` replacement when quiet (e.g. `print`)
-                     cbs=None) -> tuple: # more fastai callbacks for the learner (e.g. an `MLflowCallback`)
+                     cbs=None, # more fastai callbacks for the learner (e.g. an `MLflowCallback`)
+                    ) -> tuple:
     "Train `fold` of an experiment plan and save the model; returns `(learner, model folder or None)`."
     from fastai.torch_core import set_seed
     start = time.perf_counter()
@@ -739,8 +769,9 @@ def train_experiment(plan, # an `ExperimentPlan` or its JSON file
     folder = save_model(learn, output, plan=eplan.plan, overwrite=overwrite, metadata=info) if output is not None else None
     return learn, folder
 
-# %% ../nbs/18b_vision_planner.ipynb #49a51da3
-def is_experiment_plan(path) -> bool:
+# %% ../nbs/18b_vision_planner.ipynb #ea5ec526
+def is_experiment_plan(path, # any path (a missing or unreadable file gives False)
+                      ) -> bool:
     "Is `path` a JSON file holding an experiment plan (rather than a training config)?"
     try: return json.loads(Path(path).read_text()).get('format') == EXPERIMENT_FORMAT
     except (OSError, ValueError, AttributeError): return False

@@ -51,7 +51,7 @@ def get_slice(data: np.ndarray, # spatial array [X, Y, Z] in RAS
     aspect = spacing[row_axis] / spacing[col_axis]
     return s, aspect
 
-# %% ../nbs/03_vision_plot.ipynb #2d18ecf1
+# %% ../nbs/03_vision_plot.ipynb #862c7381
 def _as_numpy(x):
     if isinstance(x, torch.Tensor): x = x.detach().cpu().as_subclass(torch.Tensor).float().numpy()
     return np.asarray(x)
@@ -63,7 +63,8 @@ def show_med_img(im, # tensor or array [C, X, Y, Z] (or [X, Y, Z])
                  anatomical_plane: int=0, # 0 sagittal, 1 coronal, 2 axial
                  voxel_size=None, # voxel size in mm (voxel order); taken from `affine` when None
                  affine=None, # 4x4 affine; when given, the volume is viewed in RAS whatever its storage order
-                 figsize=None, title=None,
+                 figsize=None, # size of a new figure (inches)
+                 title=None, # axes title
                  transparent_zero: bool=False, # a label map: 0 (background) transparent, labels in strong tab20 colours
                  **kwargs): # passed on to `imshow`
     "Draw one slice of `im` in radiological convention with the aspect ratio from the voxel size."
@@ -84,15 +85,28 @@ def show_med_img(im, # tensor or array [C, X, Y, Z] (or [X, Y, Z])
     if title is not None: ctx.set_title(title)
     return ctx
 
-def show_mask_overlay(img, mask, ctx=None, channel=0, slice_index=None, anatomical_plane=0, voxel_size=None,
-                      affine=None, alpha=0.5, cmap='tab20', **kwargs):
+def show_mask_overlay(img, # image tensor or array [C, X, Y, Z] (or [X, Y, Z])
+                      mask, # label map on the same grid, [1, X, Y, Z] (or [X, Y, Z])
+                      ctx=None, # matplotlib axes to draw on; a new figure if None
+                      channel=0, # image channel to show
+                      slice_index=None, # slice along the plane's normal (RAS order); middle if None
+                      anatomical_plane=0, # 0 sagittal, 1 coronal, 2 axial
+                      voxel_size=None, # voxel size in mm (voxel order); taken from `affine` when None
+                      affine=None, # 4x4 affine; when given, both are viewed in RAS whatever their storage order
+                      alpha=0.5, # opacity of the mask
+                      cmap='tab20', # colour map of the labels (values 0 to 20)
+                      **kwargs, # passed on to the image's `imshow`
+                     ):
     "Draw a mask (labels 0 transparent) over one slice of an image."
     ctx = show_med_img(img, ctx=ctx, channel=channel, slice_index=slice_index, anatomical_plane=anatomical_plane,
                        voxel_size=voxel_size, affine=affine, **kwargs)
     return show_med_img(mask, ctx=ctx, channel=0, slice_index=slice_index, anatomical_plane=anatomical_plane,
                         voxel_size=voxel_size, affine=affine, alpha=alpha, cmap=cmap, vmin=0, vmax=20, transparent_zero=True)
 
-def largest_slice(mask, anatomical_plane: int=0, affine=None) -> int|None:
+def largest_slice(mask, # label map [X, Y, Z] or [C, X, Y, Z] (channels combined)
+                  anatomical_plane: int=0, # 0 sagittal, 1 coronal, 2 axial
+                  affine=None, # 4x4 affine; when given, slices are counted in RAS order
+                 ) -> int|None:
     "Index (RAS order) of the slice with the most foreground voxels in `mask`, or None if it is empty."
     m = _as_numpy(mask)
     if m.ndim == 4: m = m.max(0)

@@ -26,10 +26,11 @@ __all__ = ['MIRROR_FLIPS', 'activate', 'probabilities_to_mask', 'logits_to_mask'
            'compute_binary_tumor_volume', 'source_name', 'check_model_input', 'pred_file_name', 'save_prediction',
            'model_device', 'PadToPatch', 'Predictor', 'output_paths', 'rank_world_size', 'local_device', 'shard']
 
-# %% ../nbs/07_vision_predict.ipynb #90f1d0a0
+# %% ../nbs/07_vision_predict.ipynb #0bb05dbf
 def activate(logits: torch.Tensor, # raw outputs
              activation: str|None=None, # 'sigmoid', 'softmax', 'none', or None: sigmoid for one channel, softmax for several
-             dim: int=0) -> torch.Tensor: # the channel axis
+             dim: int=0, # the channel axis
+            ) -> torch.Tensor:
     "Probabilities from logits (float32)."
     t = as_tensor(logits).float()
     if activation is None: activation = 'sigmoid' if t.shape[dim] == 1 else 'softmax'
@@ -39,7 +40,8 @@ def activate(logits: torch.Tensor, # raw outputs
 
 def probabilities_to_mask(probs: torch.Tensor, # probabilities, channels on `dim`
                           threshold: float=0.5, # foreground threshold of one-channel outputs
-                          dim: int=0) -> torch.Tensor:
+                          dim: int=0, # the channel axis
+                         ) -> torch.Tensor:
     "One channel: `probs ≥ threshold`; several: argmax. Integer labels with one channel on `dim`."
     p = as_tensor(probs)
     if p.shape[dim] == 1: return (p >= threshold).to(torch.uint8)
@@ -47,11 +49,12 @@ def probabilities_to_mask(probs: torch.Tensor, # probabilities, channels on `dim
 
 def logits_to_mask(logits: torch.Tensor, # raw network output, channels on `dim`
                    threshold: float=0.5, # probability threshold for one-channel (binary) outputs
-                   dim: int=0) -> torch.Tensor:
+                   dim: int=0, # the channel axis
+                  ) -> torch.Tensor:
     "One channel: sigmoid ≥ `threshold`; several: argmax (= softmax-argmax). Integer labels with one channel on `dim`."
     return probabilities_to_mask(activate(logits, dim=dim), threshold, dim)
 
-# %% ../nbs/07_vision_predict.ipynb #6135fea0
+# %% ../nbs/07_vision_predict.ipynb #024e56bd
 def _components(binary: np.ndarray, connectivity: int=3):
     "Connected components of a binary array (SciPy `ndimage.label`, `connectivity` 1–3, 3 = 26-neighbourhood)."
     return ndimage.label(binary, structure=ndimage.generate_binary_structure(binary.ndim, connectivity))
@@ -95,7 +98,8 @@ def refine_binary_pred_mask(mask, # binary mask ([C,] X, Y, Z)
     return _like(mask, out)
 
 def compute_binary_tumor_volume(mask, # binary MedMask (or tensor/array with `spacing=`)
-                                spacing=None) -> float: # voxel size in mm; default from the mask's affine
+                                spacing=None, # voxel size in mm; default from the mask's affine
+                               ) -> float:
     "Volume of the foreground (> 0) in millilitres."
     if spacing is None:
         affine = mask.__dict__.get('affine') if isinstance(mask, MedBase) else None
@@ -103,14 +107,15 @@ def compute_binary_tumor_volume(mask, # binary MedMask (or tensor/array with `sp
         spacing = affine_spacing(affine)
     return float((_as_array(mask) > 0).sum() * np.prod(as_spacing(spacing, 'spacing')) / 1000)
 
-# %% ../nbs/07_vision_predict.ipynb #78e3f5eb
+# %% ../nbs/07_vision_predict.ipynb #47f8241e
 def _model_input(model: nn.Module):
     "`(in_channels, spatial_dims)` of the first convolution of `model`, or `None`."
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd): return m.in_channels, m.weight.ndim - 2
     return None
 
-def source_name(fn) -> str:
+def source_name(fn, # a file or DICOM folder, or a list of channel files
+               ) -> str:
     "The file a prediction is about, for messages (the first file of a channel list)."
     return str(fn[0] if isinstance(fn, (list, tuple)) else fn)
 
@@ -152,17 +157,21 @@ def save_prediction(mask, # a MedMask on the source grid (carrying its affine an
         return save_dicom_seg(mask, folder, path, label_names=label_names)
     return write_image(as_tensor(mask), affine, path, label=True)
 
-# %% ../nbs/07_vision_predict.ipynb #5b4fa129
+# %% ../nbs/07_vision_predict.ipynb #7b796773
 MIRROR_FLIPS = [(2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)] # spatial axes of `[B, C, X, Y, Z]` flipped by mirror TTA
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module, # any network
+                ) -> torch.device:
     "The device of a model's first parameter (CPU when it has none)."
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device('cpu')
 
 class PadToPatch(tio.SpatialTransform):
     "Pad every image symmetrically up to at least `patch_size` (TorchIO `Pad`, affine updated)."
-    def __init__(self, patch_size, padding_mode=0, **kwargs):
+    def __init__(self, patch_size, # the smallest spatial shape (three ints); larger axes are left as they are
+                 padding_mode=0, # a number or a NumPy pad mode ('edge', 'reflect', 'minimum', ...)
+                 **kwargs, # TorchIO `Transform` arguments
+                ):
         super().__init__(**kwargs)
         self.patch_size, self.padding_mode = tuple(int(p) for p in patch_size), padding_mode
         self.args_names = ['patch_size', 'padding_mode']
@@ -311,10 +320,11 @@ class Predictor:
             return [l for l, f in zip(labels or range(len(p)), flags) if f], flags, p
         return p
 
-# %% ../nbs/07_vision_predict.ipynb #a4a5e101
+# %% ../nbs/07_vision_predict.ipynb #acf656ed
 def output_paths(inputs, # files, DICOM folders, or lists of channel files
                  outdir, # the output folder
-                 ext: str|None=None) -> list: # output extension (None: the input's own)
+                 ext: str|None=None, # output extension (None: the input's own)
+                ) -> list:
     "`outdir/pred_<name>` for each input, made unique within the run (`_1`, `_2`, ...)."
     outdir, used, res = Path(outdir), set(), []
     for fn in inputs:
@@ -338,7 +348,8 @@ def local_device(device='cuda'): # 'cpu', 'cuda' or a device
 
 def shard(items, # anything indexable
           rank: int|None=None, # default: this process's (`rank_world_size`)
-          world_size: int|None=None) -> list:
+          world_size: int|None=None, # default: this process's (`rank_world_size`)
+         ) -> list:
     "Every `world_size`-th item starting at `rank`: this process's share."
     r, w = rank_world_size()
     r, w = (r if rank is None else rank), (w if world_size is None else world_size)

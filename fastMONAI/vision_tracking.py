@@ -40,13 +40,15 @@ def import_mlflow():
         raise ImportError(f"experiment tracking needs MLflow, an optional dependency of fastMONAI: {INSTALL_HINT}") from e
     return mlflow
 
-# %% ../nbs/16b_vision_tracking.ipynb #59cececc
-def local_tracking_uri(folder='.') -> str:
+# %% ../nbs/16b_vision_tracking.ipynb #74411e62
+def local_tracking_uri(folder='.', # the project folder
+                      ) -> str:
     "The URI of a local SQLite tracking store `folder/mlflow.db`."
     return 'sqlite:///' + str(Path(folder).expanduser().absolute() / 'mlflow.db')
 
 def resolve_tracking_uri(tracking_uri=None, # a URI, a folder, or None
-                         folder='.') -> str: # the project folder for the local default
+                         folder='.', # the project folder for the local default
+                        ) -> str:
     "The tracking URI to use: `tracking_uri`, else the one set for MLflow, else a local store in `folder`."
     if tracking_uri is not None:
         s = str(tracking_uri)
@@ -80,10 +82,11 @@ def get_experiment_id(client, # a `tracking_client`
     if exp.lifecycle_stage == 'deleted': client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
 
-# %% ../nbs/16b_vision_tracking.ipynb #f23e23d7
+# %% ../nbs/16b_vision_tracking.ipynb #585ec2de
 _SHA256_CACHE: dict = {}
 
-def file_sha256(path) -> str:
+def file_sha256(path, # a file
+               ) -> str:
     "sha256 of a file's bytes (remembered per resolved path, size, modification time and inode)."
     p = Path(path).resolve()
     st = p.stat()
@@ -193,11 +196,13 @@ def split_manifest(dls, # fastai `DataLoaders` (the first two loaders: training,
                 dataset_hash=_hash_splits(splits) if hash_files else None,
                 n_train=len(splits.get('train', [])), n_valid=len(splits.get('valid', [])), **splits)
 
-def dataset_hash(dls, sample_id_col: str|None=None) -> str:
+def dataset_hash(dls, # fastai `DataLoaders` (the first two loaders: training, validation)
+                 sample_id_col: str|None=None, # DataFrame column naming each case; default: the row index
+                ) -> str:
     "sha256 of the training and validation items: their files' names (relative to a shared folder), sizes and contents, and their other fields."
     return split_manifest(dls, sample_id_col)['dataset_hash']
 
-# %% ../nbs/16b_vision_tracking.ipynb #c50d3953
+# %% ../nbs/16b_vision_tracking.ipynb #fa04cf11
 def _json_ready(o):
     "`o` as plain JSON values (NaN and infinities as strings)."
     o = to_json_friendly(o)
@@ -215,14 +220,16 @@ def _short_repr(o) -> str:
     r = repr(o)
     return type(o).__name__ if ('\n' in r or ' at 0x' in r or len(r) > 300) else r
 
-def preprocessing_record(dls) -> dict:
+def preprocessing_record(dls, # fastai `DataLoaders` (fastMONAI's carry `dls.plan`)
+                        ) -> dict:
     "How the data was prepared: the DataLoaders' plan (`dls.plan`) as JSON values, or why there is none."
     try: plan = getattr(dls, 'plan', None)
     except ValueError as e: return dict(source='unknown', reason=str(e))   # e.g. an item transform no plan can name
     if plan is None: return dict(source='unknown', reason=f"{type(dls).__name__} carries no plan (use fastMONAI's DataLoaders)")
     return dict(source='plan', plan=_json_ready(plan.to_dict() if hasattr(plan, 'to_dict') else plan))
 
-def training_transforms(dls) -> dict:
+def training_transforms(dls, # fastai `DataLoaders`
+                       ) -> dict:
     "The transforms the training loader applies after reading: item and batch transforms (augmentation included)."
     res = {}
     for key in ('after_item', 'after_batch'):
@@ -249,7 +256,8 @@ def _public_settings(obj, prefix: str='', depth: int=1) -> dict:
         for name, child in obj.named_children(): res.update(_public_settings(child, f'{prefix}{name}.', depth - 1))
     return res
 
-def loss_description(loss) -> tuple:
+def loss_description(loss, # a loss module, a `CustomLoss`, or a loss function
+                    ) -> tuple:
     "(name, settings) of a loss: `CustomLoss(DiceCELoss)` and the wrapped MONAI loss's options."
     inner = getattr(loss, 'loss_func', None)   # fastMONAI CustomLoss
     if inner is not None: return f'{type(loss).__name__}({type(inner).__name__})', _public_settings(inner)
@@ -270,7 +278,9 @@ def _lr_schedule(learn) -> dict:
     lr = float(hypers.get('lr', learn.lr))
     return dict(lr_start=lr, lr_max=lr, lr_end=lr)
 
-def training_params(learn, fit_method: str|None=None) -> dict:
+def training_params(learn, # the fastai Learner, at the start of a fit
+                    fit_method: str|None=None, # the method that started it ('fit_one_cycle', ...); None: 'fit'
+                   ) -> dict:
     "Epochs, batch sizes, optimiser, learning-rate schedule, weight decay, loss, metrics and extra callbacks of a fit."
     hypers = learn.opt.hypers[-1] if getattr(learn, 'opt', None) is not None and learn.opt.hypers else {}
     loss, loss_settings = loss_description(learn.loss_func)
@@ -288,7 +298,10 @@ def _unwrap(model):
     model = getattr(model, '_orig_mod', model)   # torch.compile
     return model.module if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)) else model
 
-def model_params(model, arch: str|None=None, arch_kwargs: dict|None=None) -> dict:
+def model_params(model, # the network (DataParallel, DDP and `torch.compile` wrappers are looked through)
+                 arch: str|None=None, # architecture name (default: as recorded by `create_model`, else the class name)
+                 arch_kwargs: dict|None=None, # its arguments (default: as recorded by `create_model`)
+                ) -> dict:
     "Architecture name and arguments (recorded by `create_model`, or given) and parameter counts."
     m = _unwrap(model)
     recorded = getattr(m, '_fastmonai_arch', None) or {}
@@ -377,7 +390,7 @@ def _prediction_figure(learn, **kwargs):
     new = [n for n in plt.get_fignums() if n not in before]
     return plt.figure(new[-1]) if new else plt.gcf()
 
-# %% ../nbs/16b_vision_tracking.ipynb #a1e054bb
+# %% ../nbs/16b_vision_tracking.ipynb #50fa469c
 class MLflowCallback(Callback):
     "Record a fastai fit in MLflow: settings, data split and hash, per-epoch metrics, a figure and the model."
     order, remove_on_fetch = 70, True   # after Recorder (50) and the checkpoint callbacks (60-63)
@@ -652,13 +665,14 @@ class MLflowCallback(Callback):
 
     def __repr__(self): return f"{type(self).__name__}(experiment={self.experiment_name!r}, run_id={self.run_id!r})"
 
-# %% ../nbs/16b_vision_tracking.ipynb #bbb21182
+# %% ../nbs/16b_vision_tracking.ipynb #f3e33004
 def create_mlflow_callback(learn, # the `Learner` to track (its `path` holds the default local store)
                            experiment_name: str='fastMONAI', # MLflow experiment
                            run_name: str|None=None, # the run's name
                            extra_tags: dict|None=None, # run tags
                            dataset_version: str|None=None, # a name for the data version (skips content hashing)
-                           **kwargs) -> MLflowCallback: # more `MLflowCallback` options (tracking_uri, extra_params, register_model, ...)
+                           **kwargs, # more `MLflowCallback` options (tracking_uri, extra_params, register_model, ...)
+                          ) -> MLflowCallback: # the callback, not yet attached to a learner
     "An `MLflowCallback` for `learn.fit(..., cbs=[cb])`; needs the `tracking` extra."
     folder = kwargs.pop('folder', None)
     if folder is None and learn is not None: folder = getattr(learn, 'path', None)
@@ -668,7 +682,8 @@ def create_mlflow_callback(learn, # the `Learner` to track (its `path` holds the
 def load_tracked_model(model_uri: str, # 'runs:/<run id>/model', 'models:/<name>/<version>', or an artifact URI
                        tracking_uri=None, # the store (default: as for the callback, in the current folder)
                        dst_path=None, # where to download (default: a new temporary folder)
-                       device='cpu'):
+                       device='cpu', # where the network(s) run
+                      ):
     "Download a model logged by the tracking callback and load it without pickle (`vision_export.load_model`)."
     mlflow = import_mlflow()
     uri = resolve_tracking_uri(tracking_uri)
@@ -707,8 +722,9 @@ class ModelTrackingCallback(MLflowCallback):
         self.model_name, self.loss_function, self.item_tfms = model_name, loss_function, list(item_tfms or [])
         self.size, self.resample, self.reorder = size, resample, reorder
 
-# %% ../nbs/16b_vision_tracking.ipynb #1f074268
-def free_port(host: str='127.0.0.1') -> int:
+# %% ../nbs/16b_vision_tracking.ipynb #64cbd6b5
+def free_port(host: str='127.0.0.1', # the interface to bind
+             ) -> int:
     "A TCP port that is free on `host` now."
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

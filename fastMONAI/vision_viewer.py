@@ -184,13 +184,14 @@ def view(image, # MedImage (or file name)
         except ImportError: pass
     return viewer.draw()
 
-# %% ../nbs/14a_vision_viewer.ipynb #fecdead0
+# %% ../nbs/14a_vision_viewer.ipynb #6d3bf3d1
 def save_three_plane_png(image, # MedImage (or file name)
                          path, # the PNG file to write
                          mask=None, # MedMask or prediction on the same grid (or a file name, a DICOM-SEG file too)
                          dpi: int=100, # resolution; the image is `figsize * dpi` pixels
                          title: str|None=None, # replaces the coordinates above the planes
-                         **kwargs) -> Path: # `label_names`, `position`, `window`, `level`, `channel`, `alpha`, `figsize`
+                         **kwargs, # `label_names`, `position`, `window`, `level`, `channel`, `alpha`, `figsize`
+                        ) -> Path: # `path`
     "Write the three planes (with mask overlay, crosshair and legend) as a PNG, atomically; returns the path."
     path = Path(path)
     if path.suffix.lower() != '.png': raise ValueError(f"{path}: give a file name ending in .png")
