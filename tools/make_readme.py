@@ -14,5 +14,6 @@ for cell in nb['cells']:
     if src.lstrip().startswith('#|'): continue
     parts.append(src if cell['cell_type'] == 'markdown' else f'```python\n{src}\n```')
 text = '\n\n'.join(parts) + '\n'
+text = text.replace('](images/', '](nbs/images/')   # pictures live beside the notebooks
 text = '<!-- generated from nbs/index.ipynb by tools/make_readme.py; edit the notebook -->\n\n' + text
 (root / 'README.md').write_text(text)
