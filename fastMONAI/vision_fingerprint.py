@@ -22,8 +22,8 @@ from .vision_io import (MEDICAL_EXTENSIONS, MedReadError, medical_stem, read_cha
 from .vision_cache import cache_key, default_cache_dir
 
 # %% auto #0
-__all__ = ['FINGERPRINT_VERSION', 'case_names', 'cases_table', 'file_sha256', 'fingerprint_case', 'fingerprint_dataset',
-           'Fingerprint']
+__all__ = ['FINGERPRINT_VERSION', 'case_names', 'cases_table', 'file_sha256', 'fingerprint_case', 'Fingerprint',
+           'fingerprint_dataset']
 
 # %% ../nbs/18a_vision_fingerprint.ipynb #bf970b6e
 _IMAGE_COLUMNS = ('img_path', 'image', 'image_path', 'img', 't1_path')
@@ -210,69 +210,6 @@ def fingerprint_case(image, # one file or DICOM folder, or a list of them (the c
     res['sha256'] = dict(image=file_sha256(paths), label=file_sha256(label) if label is not None else None)
     return res
 
-# %% ../nbs/18a_vision_fingerprint.ipynb #5e979bd0
-def _fingerprint_path(folder: Path, image, label, n_samples: int, seed: int) -> Path:
-    key = cache_key(list(image) + ([label] if label is not None else []), dict(kind='fingerprint', version=FINGERPRINT_VERSION,
-                                                                               n_samples=n_samples, seed=seed, label=label is not None))
-    return folder/key[:2]/f'{key}.json'
-
-def _one_case(job, folder, n_samples, seed) -> dict:
-    "The fingerprint of one case from the cache or the voxels; `{'error': ...}` when it cannot be read."
-    image, label = job
-    try:
-        cached = _fingerprint_path(folder, image, label, n_samples, seed) if folder is not None else None
-        if cached is not None and cached.exists():
-            try: return dict(read_json(cached, 'fingerprint cache entry'), cached=True)
-            except ValueError: pass                                   # a damaged entry is simply recomputed
-        res = fingerprint_case(image, label, n_samples=n_samples, seed=seed)
-        if cached is not None:
-            try: write_json(cached, res)
-            except OSError: pass                                      # a read-only cache: measured, not stored
-        return dict(res, cached=False)
-    except Exception as e:
-        reason = str(e) if isinstance(e, (MedReadError, FileNotFoundError)) else f"{image[0]}: {short_error(e)}"
-        return dict(image=list(image), label=label, error=reason)
-
-def _worker_init():
-    torch.set_num_threads(1)
-
-def _progress(items, total: int, show: bool):
-    if not show: return items
-    try:
-        from fastprogress.fastprogress import progress_bar
-        return progress_bar(items, total=total)
-    except Exception: return items
-
-def _cache_folder(cache) -> Path|None:
-    if cache is False or cache is None: return None
-    return (default_cache_dir() if cache is True else Path(cache))/'fingerprints'
-
-def fingerprint_dataset(data, # anything `cases_table` takes (DataFrame, CSV, folder pair, MedDataset)
-                        img_col=None, # image column(s) of a table
-                        mask_col=None, # label column of a table
-                        subject_col=None, # column grouping the cases of one subject
-                        n_workers: int|None=None, # processes (None: one per CPU, 0: this process)
-                        cache=True, # True: `<fastMONAI cache>/fingerprints`; a folder; False: measure every time
-                        progress: bool|None=None, # a progress bar (None: when on a terminal)
-                        n_samples: int=500, # foreground voxels kept per case and channel
-                        seed: int=0, # seed of the voxel sampling
-                       ) -> Fingerprint:
-    "Fingerprint every case of a dataset (one parallel, cached pass over the voxels)."
-    table, source = cases_table(data, img_col, mask_col, subject_col)
-    jobs = [(tuple(r.image), None if _is_missing(r.label) else r.label) for _, r in table.iterrows()]
-    folder, start = _cache_folder(cache), time.perf_counter()
-    one = partial(_one_case, folder=folder, n_samples=n_samples, seed=seed)
-    show = sys.stdout.isatty() if progress is None else progress
-    n_workers = os.cpu_count() if n_workers is None else n_workers
-    if n_workers and len(jobs) > 1:
-        ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
-        with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=ctx, initializer=_worker_init) as ex:
-            results = list(_progress(ex.map(one, jobs), len(jobs), show))
-    else: results = [one(j) for j in _progress(jobs, len(jobs), show)]
-    cases = [dict(case=r.case, subject=r.subject, **res) for (_, r), res in zip(table.iterrows(), results)]
-    return Fingerprint(cases=cases, source=source, n_samples=n_samples, seed=seed,
-                       seconds=_round(time.perf_counter() - start, 3))
-
 # %% ../nbs/18a_vision_fingerprint.ipynb #7e7c46b7
 def _frame(values, columns) -> np.ndarray:
     return np.asarray(values, dtype=float).reshape(-1, len(columns))
@@ -405,3 +342,66 @@ class Fingerprint:
             raise ValueError(f"{path}: fingerprint version {d['version']} is newer than this fastMONAI understands ({FINGERPRINT_VERSION})")
         d.pop('hash', None)
         return cls(**d)
+
+# %% ../nbs/18a_vision_fingerprint.ipynb #5e979bd0
+def _fingerprint_path(folder: Path, image, label, n_samples: int, seed: int) -> Path:
+    key = cache_key(list(image) + ([label] if label is not None else []), dict(kind='fingerprint', version=FINGERPRINT_VERSION,
+                                                                               n_samples=n_samples, seed=seed, label=label is not None))
+    return folder/key[:2]/f'{key}.json'
+
+def _one_case(job, folder, n_samples, seed) -> dict:
+    "The fingerprint of one case from the cache or the voxels; `{'error': ...}` when it cannot be read."
+    image, label = job
+    try:
+        cached = _fingerprint_path(folder, image, label, n_samples, seed) if folder is not None else None
+        if cached is not None and cached.exists():
+            try: return dict(read_json(cached, 'fingerprint cache entry'), cached=True)
+            except ValueError: pass                                   # a damaged entry is simply recomputed
+        res = fingerprint_case(image, label, n_samples=n_samples, seed=seed)
+        if cached is not None:
+            try: write_json(cached, res)
+            except OSError: pass                                      # a read-only cache: measured, not stored
+        return dict(res, cached=False)
+    except Exception as e:
+        reason = str(e) if isinstance(e, (MedReadError, FileNotFoundError)) else f"{image[0]}: {short_error(e)}"
+        return dict(image=list(image), label=label, error=reason)
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+def _progress(items, total: int, show: bool):
+    if not show: return items
+    try:
+        from fastprogress.fastprogress import progress_bar
+        return progress_bar(items, total=total)
+    except Exception: return items
+
+def _cache_folder(cache) -> Path|None:
+    if cache is False or cache is None: return None
+    return (default_cache_dir() if cache is True else Path(cache))/'fingerprints'
+
+def fingerprint_dataset(data, # anything `cases_table` takes (DataFrame, CSV, folder pair, MedDataset)
+                        img_col=None, # image column(s) of a table
+                        mask_col=None, # label column of a table
+                        subject_col=None, # column grouping the cases of one subject
+                        n_workers: int|None=None, # processes (None: one per CPU, 0: this process)
+                        cache=True, # True: `<fastMONAI cache>/fingerprints`; a folder; False: measure every time
+                        progress: bool|None=None, # a progress bar (None: when on a terminal)
+                        n_samples: int=500, # foreground voxels kept per case and channel
+                        seed: int=0, # seed of the voxel sampling
+                       ) -> Fingerprint:
+    "Fingerprint every case of a dataset (one parallel, cached pass over the voxels)."
+    table, source = cases_table(data, img_col, mask_col, subject_col)
+    jobs = [(tuple(r.image), None if _is_missing(r.label) else r.label) for _, r in table.iterrows()]
+    folder, start = _cache_folder(cache), time.perf_counter()
+    one = partial(_one_case, folder=folder, n_samples=n_samples, seed=seed)
+    show = sys.stdout.isatty() if progress is None else progress
+    n_workers = os.cpu_count() if n_workers is None else n_workers
+    if n_workers and len(jobs) > 1:
+        ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+        with ProcessPoolExecutor(min(n_workers, len(jobs)), mp_context=ctx, initializer=_worker_init) as ex:
+            results = list(_progress(ex.map(one, jobs), len(jobs), show))
+    else: results = [one(j) for j in _progress(jobs, len(jobs), show)]
+    cases = [dict(case=r.case, subject=r.subject, **res) for (_, r), res in zip(table.iterrows(), results)]
+    return Fingerprint(cases=cases, source=source, n_samples=n_samples, seed=seed,
+                       seconds=_round(time.perf_counter() - start, 3))
