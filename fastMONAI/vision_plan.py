@@ -20,7 +20,7 @@ from .vision_core import MedBase, MedImage, med_img_reader, apply_tio, as_tensor
 
 # %% auto #0
 __all__ = ['TRANSFORMS', 'PLAN_VERSION', 'TASKS', 'TransformEntry', 'register_transform', 'FrozenDict', 'TransformSpec',
-           'PatchSettings', 'Plan', 'suggest_target_spacing', 'suggest_patch_size']
+           'PatchSettings', 'record_from_dict', 'Plan', 'suggest_target_spacing', 'suggest_patch_size']
 
 # %% ../nbs/05_vision_plan.ipynb #46762c77
 class _ChannelWise(tio.IntensityTransform):
@@ -251,10 +251,22 @@ class PatchSettings:
     @classmethod
     def from_dict(cls, d: dict): return cls(**d)
 
-# %% ../nbs/05_vision_plan.ipynb #b73036c6
+# %% ../nbs/05_vision_plan.ipynb #f7bc2095
 PLAN_VERSION = 1
 TASKS = ('segmentation', 'classification', 'multilabel', 'regression')
 _ACTIVATIONS = (None, 'sigmoid', 'softmax', 'none')
+
+def record_from_dict(cls, # a dataclass (a plan, an experiment plan)
+                     d, # its JSON object
+                     where: str, # the file or source to name in errors
+                     what: str, # what the record is called in errors ('plan', 'experiment plan')
+                    ): # the record
+    "`cls(**d)` for a record read from JSON: a non-object, unknown keys and the record's own refusals become one `ValueError` naming `where`."
+    if not isinstance(d, dict): raise ValueError(f"{where}: a {what} is a JSON object, not {type(d).__name__}")
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown: raise ValueError(f"{where}: unknown {what} keys {sorted(unknown)}")
+    try: return cls(**d)
+    except (TypeError, ValueError) as e: raise ValueError(f"{where}: {e}") from e
 
 @dataclass(frozen=True)
 class Plan:
@@ -312,11 +324,7 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict, where: str='plan') -> Plan:
         "A plan from `to_dict()`'s JSON (unknown keys are refused)."
-        if not isinstance(d, dict): raise ValueError(f"{where}: a plan is a JSON object, not {type(d).__name__}")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown: raise ValueError(f"{where}: unknown plan keys {sorted(unknown)}")
-        try: return cls(**d)
-        except (TypeError, ValueError) as e: raise ValueError(f"{where}: {e}") from e
+        return record_from_dict(cls, d, where, 'plan')
 
     def save(self, path) -> Path:
         "Write the plan as JSON, atomically."
