@@ -217,7 +217,7 @@ def cmd_predict(args, # the parsed command line (an argparse `Namespace`)
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
 
-# %% ../nbs/21_cli.ipynb #ad545501
+# %% ../nbs/21_cli.ipynb #4425c1d9
 _TRAIN_DEFAULTS = dict(valid_col=None, valid_pct=0.2, seed=42, reorder=False, resample=None, item_tfms=[], arch=None,
                        arch_kwargs=None, n_classes=2, labels=None, resample_masks=False, batch_augment=True, epochs=5, lr=1e-3, bs=4,
                        output='model', overwrite=False, cache=True)
@@ -420,8 +420,7 @@ def check_trained(learn, # the fitted Learner (its recorder's losses are checked
 def cmd_train(args, # the parsed command line (an argparse `Namespace`)
              ) -> int:
     "Train from a JSON config, or a fold or folds of an experiment plan (`train_plan`), and save a safe model folder."
-    check_train_args(args)
-    if _plan_file(args.config): return train_plan(args)
+    if check_train_args(args): return train_plan(args)
     cfg = load_train_config(args.config)
     if args.epochs is not None: cfg['epochs'] = args.epochs
     if args.output is not None: cfg['output'] = str(Path(args.output).absolute())   # relative to the working directory
@@ -437,7 +436,7 @@ def cmd_train(args, # the parsed command line (an argparse `Namespace`)
     _say(f"model saved to {folder}")
     return 0
 
-# %% ../nbs/21_cli.ipynb #03230651
+# %% ../nbs/21_cli.ipynb #2ccf6352
 _PLAN_ONLY = ('fold', 'folds', 'budget', 'device', 'track', 'tracking_uri')
 
 def cmd_plan(args, # the parsed command line (an argparse `Namespace`)
@@ -468,9 +467,10 @@ def _plan_file(path) -> bool:
     return is_experiment_plan(path)
 
 def check_train_args(args, # the parsed command line (an argparse `Namespace`) of `fastmonai train`
-                    ):
+                    ) -> bool: # whether `args.config` is an experiment plan
     "Refuse option combinations `train` cannot honour, before any work (and before `--nproc` starts processes)."
-    if _plan_file(args.config):
+    plan = _plan_file(args.config)
+    if plan:
         if args.nproc > 1: raise CLIError(f"{args.config}: an experiment plan trains in one process; --nproc is for training configs")
         if args.fold is not None and args.folds is not None: raise CLIError("give --fold (one fold) or --folds (a cross-validation), not both")
         if args.tracking_uri is not None and args.track is None: raise CLIError("--tracking-uri needs --track NAME")
@@ -478,6 +478,7 @@ def check_train_args(args, # the parsed command line (an argparse `Namespace`) o
         given = [f"--{k.replace('_', '-')}" for k in _PLAN_ONLY if getattr(args, k, None) is not None]
         if given: raise CLIError(f"{args.config}: {', '.join(given)} need an experiment plan (make one with `fastmonai plan DATA`); "
                                  "this is a training config")
+    return plan
 
 def _print_values(values):
     "One line per epoch (`train_experiment`'s logger)."
