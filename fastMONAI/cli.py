@@ -217,15 +217,15 @@ def cmd_predict(args, # the parsed command line (an argparse `Namespace`)
     for inp, reason in failures: _err(f"FAILED {reason}" if inp in reason else f"FAILED {inp}: {reason}")
     return 1 if failures else 0
 
-# %% ../nbs/21_cli.ipynb #4425c1d9
+# %% ../nbs/21_cli.ipynb #d76269db
 _TRAIN_DEFAULTS = dict(valid_col=None, valid_pct=0.2, seed=42, reorder=False, resample=None, item_tfms=[], arch=None,
                        arch_kwargs=None, n_classes=2, labels=None, resample_masks=False, batch_augment=True, epochs=5, lr=1e-3, bs=4,
                        output='model', overwrite=False, cache=True)
 _TRAIN_KEYS = set(_TRAIN_DEFAULTS) | {'task', 'data', 'image_col', 'label_col'}
 
 def _train_types() -> dict:
-    "What each key of a training config holds (`vision_export.JSONType`s; imported here so `--help` stays fast)."
-    from fastMONAI.vision_export import JSONType, json_types as T
+    "What each key of a training config holds (`vision_plan.JSONType`s; imported here so `--help` stays fast)."
+    from fastMONAI.vision_plan import JSONType, json_types as T
     fraction = JSONType(lambda v: T.positive(v) and v < 1, 'a number between 0 and 1 (exclusive)')
     return dict(task=JSONType(lambda v: v in ('segmentation', 'classification', 'regression'),
                               "'segmentation', 'classification' or 'regression'"),
@@ -255,7 +255,8 @@ def check_train_config(cfg: dict, # the config as read from JSON
                        where: str='config', # name of the config in error messages
                       ) -> dict:
     "Fill in defaults and check a training config dict: keys, types, ranges, the CSV and the architecture's arguments."
-    from fastMONAI.vision_export import check_json_types, check_arch_kwargs
+    from fastMONAI.vision_plan import check_json_types
+    from fastMONAI.vision_export import check_arch_kwargs
     unknown = set(cfg) - _TRAIN_KEYS
     if unknown: raise CLIError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_TRAIN_KEYS)})")
     missing = [k for k in ('task', 'data', 'image_col', 'label_col') if k not in cfg]

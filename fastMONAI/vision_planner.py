@@ -190,7 +190,7 @@ def make_splits(cases, # case names
     folds = KFold(n_splits=min(int(n_folds), len(groups)), shuffle=True, random_state=seed).split(groups)
     return [[c for c, s in zip(cases, subjects) if s in {groups[i] for i in valid}] for _, valid in folds]
 
-# %% ../nbs/18b_vision_planner.ipynb #7474f2ad
+# %% ../nbs/18b_vision_planner.ipynb #5b2b5cbe
 EXPERIMENT_FORMAT, EXPERIMENT_VERSION = 'fastMONAI-experiment', 1
 
 def _frozen(v):
@@ -232,7 +232,7 @@ class ExperimentPlan:
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)
-        if isinstance(self.plan, dict): put('plan', Plan.from_dict(self.plan, where='experiment plan: plan'))
+        if isinstance(self.plan, dict): put('plan', Plan.from_dict(self.plan, where='experiment plan'))
         if not isinstance(self.plan, Plan): raise TypeError(f"plan must be a Plan, not {type(self.plan).__name__}")
         if self.version > EXPERIMENT_VERSION:
             raise ValueError(f"this experiment plan has version {self.version}, newer than this fastMONAI understands ({EXPERIMENT_VERSION})")
